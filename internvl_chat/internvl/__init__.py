@@ -1,0 +1,1 @@
+"""InternVL-Med core: InternVL-compatible model, data, training, evaluation and inference."""

@@ -1,0 +1,9 @@
+"""Evaluation: task registry (``base``), the core tasks ``mcq`` / ``open_qa`` (``tasks_core``), text metrics
+(``metrics``) and the reusable generate-and-score loop (``runner``, imported on demand: it needs the model).
+
+Importing this package registers the core tasks; plugins register theirs with ``register_task`` on import.
+"""
+from internvl.evaluation.base import EVAL_TASKS, EvalTask, create_task, list_tasks, register_task
+from internvl.evaluation import tasks_core  # noqa: F401  (registers mcq and open_qa)
+
+__all__ = ["EVAL_TASKS", "EvalTask", "create_task", "list_tasks", "register_task"]

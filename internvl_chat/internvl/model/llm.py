@@ -1,0 +1,82 @@
+"""The language side: any ``AutoModelForCausalLM``, the attention backend, LoRA targets, InternLM2 as Llama.
+
+InternLM2 LLMs (InternVL2-2B/8B/26B) are not in transformers; their weights are the Llama layout with a fused
+``wqkv`` laid out per key-value group as ``[q_1 .. q_g, k, v]`` (g = heads / kv_heads). They are loaded as
+``LlamaForCausalLM`` by splitting ``wqkv`` that way and renaming the other keys, so no remote code is needed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig
+
+# InternVL's LoRA targets per LLM family (InternLM2 checkpoints become Llama here, so they use Llama's)
+LLM_LORA_TARGETS = {
+    "phi3": ["mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"],
+    "default": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.down_proj", "mlp.up_proj"],
+}
+
+
+def attn_implementation() -> str:
+    """``flash_attention_2`` when flash-attn is installed and a GPU is present; SDPA otherwise (never forced)."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def build_llm(config: PretrainedConfig, attn: str | None = None):
+    """A randomly initialised causal LM for ``config`` (weights are loaded afterwards)."""
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn or attn_implementation())
+
+
+def llm_lora_targets(config: PretrainedConfig) -> list[str]:
+    return LLM_LORA_TARGETS.get(config.model_type, LLM_LORA_TARGETS["default"])
+
+
+def internlm2_config_to_llama(cfg: dict) -> LlamaConfig:
+    """An InternLM2 ``llm_config`` as the equivalent ``LlamaConfig``."""
+    heads = cfg["num_attention_heads"]
+    return LlamaConfig(
+        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=heads,
+        num_key_value_heads=cfg.get("num_key_value_heads", heads), hidden_act=cfg.get("hidden_act", "silu"),
+        max_position_embeddings=cfg.get("max_position_embeddings", 32768), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=cfg.get("rope_theta", 1e6), rope_scaling=cfg.get("rope_scaling"),
+        attention_bias=bool(cfg.get("bias", False)), mlp_bias=False,
+        bos_token_id=cfg.get("bos_token_id", 1), eos_token_id=cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 2), tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"])
+
+
+_INTERNLM2_RENAMES = [(r"\.tok_embeddings\.", ".embed_tokens."), (r"\.attention\.wo\.", ".self_attn.o_proj."),
+                      (r"\.feed_forward\.w1\.", ".mlp.gate_proj."), (r"\.feed_forward\.w3\.", ".mlp.up_proj."),
+                      (r"\.feed_forward\.w2\.", ".mlp.down_proj."), (r"\.attention_norm\.", ".input_layernorm."),
+                      (r"\.ffn_norm\.", ".post_attention_layernorm."), (r"^output\.", "lm_head.")]
+
+
+def internlm2_state_to_llama(state: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """InternLM2 LLM keys (relative to ``language_model.``) -> Llama keys, splitting ``wqkv`` per kv group."""
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dim = config.hidden_size // heads
+    groups = heads // kv
+    out = {}
+    for key, val in state.items():
+        if ".attention.wqkv." in key:
+            stem, kind = key.split(".attention.wqkv.")
+            grouped = val.reshape(kv, groups + 2, dim, *val.shape[1:])
+            out[f"{stem}.self_attn.q_proj.{kind}"] = grouped[:, :groups].reshape(heads * dim, *val.shape[1:])
+            out[f"{stem}.self_attn.k_proj.{kind}"] = grouped[:, -2].reshape(kv * dim, *val.shape[1:])
+            out[f"{stem}.self_attn.v_proj.{kind}"] = grouped[:, -1].reshape(kv * dim, *val.shape[1:])
+            continue
+        new = key
+        for pat, rep in _INTERNLM2_RENAMES:
+            new = re.sub(pat, rep, new)
+        out[new] = val
+    return out
+
+
+def is_internlm2_state(state: dict[str, torch.Tensor]) -> bool:
+    return any(".attention.wqkv." in k or k.startswith("model.tok_embeddings.") for k in state)

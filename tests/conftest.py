@@ -1,0 +1,38 @@
+"""Shared fixtures: the embedded tiny model, built once per test session into a temporary folder (never the
+user's ``pretrained/``), and the optional real-slide fixtures in ``../shared/fixtures``."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """``pretrained/build_tiny.py`` output (tiny intern_vit + Qwen2 + BPE tokenizer), built fresh for the session."""
+    out = tmp_path_factory.mktemp("tiny") / "InternVL-tiny"
+    subprocess.run([sys.executable, str(REPO / "pretrained" / "build_tiny.py"), "--out", str(out)], check=True,
+                   cwd=REPO, capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def wsi_fixtures() -> Path:
+    path = SHARED_FIXTURES / "wsi"
+    if not path.is_dir():
+        pytest.skip(f"real-slide fixtures not present at {path} (they live in ../shared, absent in user clones)")
+    return path
