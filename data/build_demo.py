@@ -19,8 +19,8 @@ Output (``--out``, default ``data/demo``; generated, git-ignored)::
 
 Paths inside the meta files are written the way ``--out`` was given (relative paths stay relative to the working
 directory, as InternVL reads them: run from the repo root). The same ``--seed`` gives byte-identical files.
-Files are built in a temporary sibling folder and swapped in at the end, so an interrupted build leaves no
-half-written demo.
+Files are built in a temporary sibling folder and swapped in at the end (``internvl.fileio.atomic_directory``),
+so an interrupted build leaves no half-written demo.
 
 ``--pathology`` / ``--neuro`` / ``--brainfound`` call ``patches.<name>.demo.build(out_dir)`` (out_dir =
 ``<plugin-root>/demo_<name>``); ``--all`` builds everything. Without any flag only the 2D demo is built.
@@ -30,14 +30,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import random
-import shutil
 import sys
-import tempfile
+from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "internvl_chat"), str(REPO)]  # runnable before `pip install -e .` too
+
+from internvl.fileio import atomic_directory  # noqa: E402
 
 GENERATOR_VERSION = 1
 PLUGINS = ("pathology", "neuro", "brainfound")
@@ -58,7 +61,7 @@ def draw_image(rng: random.Random, size: int) -> tuple[Image.Image, dict]:
     shape = rng.choice(SHAPES)
     background = rng.choice(BACKGROUNDS)
     fill = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLOURS[colour])
-    side = rng.randint(int(size * 0.55), int(size * 0.85))
+    side = rng.randint(int(size * 0.6), int(size * 0.9))
     x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
     box = (x0, y0, x0 + side - 1, y0 + side - 1)
     img = Image.new("RGB", (size, size), background)
@@ -93,7 +96,7 @@ def _turns(question: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
-def _write_split(out: str, shown: str, split: str, kinds: list[str], rng: random.Random, size: int) -> list[dict]:
+def _write_split(out: str, split: str, kinds: list[str], rng: random.Random, size: int) -> list[dict]:
     """Draw one image per entry of ``kinds`` ("mcq" / "open"), save it, return the JSONL rows."""
     os.makedirs(os.path.join(out, "images", split), exist_ok=True)
     rows = []
@@ -119,7 +122,7 @@ def _entry(shown: str, annotation: str, n: int, **extra) -> dict:
 
 
 def build(out_dir: str = "data/demo", *, seed: int = 0, n_train: int = 1600, n_test_mcq: int = 200,
-          n_test_open: int = 60, image_size: int = 56, open_fraction: float = 0.25, force: bool = False) -> dict:
+          n_test_open: int = 60, image_size: int = 112, open_fraction: float = 0.25, force: bool = False) -> dict:
     """Write the 2D demo into ``out_dir``; returns the paths written (skips when an equal build is there)."""
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "n_train": n_train, "n_test_mcq": n_test_mcq,
               "n_test_open": n_test_open, "image_size": image_size, "open_fraction": open_fraction,
@@ -133,13 +136,10 @@ def build(out_dir: str = "data/demo", *, seed: int = 0, n_train: int = 1600, n_t
             if json.load(f) == params:
                 print(f"{out_dir}: up to date (same parameters); --force rebuilds")
                 return paths
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-", dir=parent)
-    try:
+    with atomic_directory(out_dir) as tmp:
         train_kinds = _kinds(random.Random(f"{seed}-train-kinds"), n_train, open_fraction)
-        train = _write_split(tmp, out_dir, "train", train_kinds, random.Random(f"{seed}-train"), image_size)
-        test = _write_split(tmp, out_dir, "test", ["mcq"] * n_test_mcq + ["open"] * n_test_open,
+        train = _write_split(tmp, "train", train_kinds, random.Random(f"{seed}-train"), image_size)
+        test = _write_split(tmp, "test", ["mcq"] * n_test_mcq + ["open"] * n_test_open,
                             random.Random(f"{seed}-test"), image_size)
         _write_jsonl(os.path.join(tmp, "train.jsonl"), train)
         _write_jsonl(os.path.join(tmp, "test_mcq.jsonl"), test[:n_test_mcq])
@@ -150,10 +150,6 @@ def build(out_dir: str = "data/demo", *, seed: int = 0, n_train: int = 1600, n_t
         for name, meta in {**metas, "build_info.json": params}.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2)
-        _swap_in(tmp, out_dir)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     print(f"{out_dir}: {n_train} train rows, {n_test_mcq} mcq + {n_test_open} open_qa test rows, "
           f"{image_size}x{image_size} images")
     return paths
@@ -164,19 +160,6 @@ def _kinds(rng: random.Random, n: int, open_fraction: float) -> list[str]:
     kinds = ["open"] * n_open + ["mcq"] * (n - n_open)
     rng.shuffle(kinds)
     return kinds
-
-
-def _swap_in(tmp: str, out_dir: str) -> None:
-    """Replace ``out_dir`` by the finished ``tmp`` folder (the old one is kept aside until the rename succeeded)."""
-    old = None
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.old-",
-                               dir=os.path.dirname(os.path.abspath(out_dir)))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old:
-        shutil.rmtree(old)
 
 
 def build_plugin(name: str, out_dir: str):
@@ -204,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-mcq", type=int, default=200)
     p.add_argument("--test-open", type=int, default=60)
     p.add_argument("--open-fraction", type=float, default=0.25, help="share of open-QA rows in train")
-    p.add_argument("--image-size", type=int, default=56, help="image side in pixels (use the model's tile size)")
+    p.add_argument("--image-size", type=int, default=112,
+                   help="image side in pixels (default 112: the tiny model's tile, config.force_image_size)")
     p.add_argument("--force", action="store_true", help="rebuild even if an identical build is present")
     p.add_argument("--core", action="store_true", help="build the 2D demo (default when no plugin flag is given)")
     for name in PLUGINS:

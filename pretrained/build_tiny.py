@@ -12,10 +12,7 @@ InternVL2-1B loads it. Generated, not committed.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +61,7 @@ def build_tokenizer(vocab_size: int = 2048):
 def build(out: Path, seed: int = 0) -> Path:
     import torch
 
+    from internvl.fileio import atomic_directory
     from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
 
     torch.manual_seed(seed)
@@ -74,16 +72,9 @@ def build(out: Path, seed: int = 0) -> Path:
                                       template="internvl2_5", downsample_ratio=0.5, dynamic_image_size=True,
                                       use_thumbnail=True, max_dynamic_patch=4, select_layer=-1)
     model = InternVLChatModel(config)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     n = sum(p.numel() for p in model.parameters())
     print(f"built {out} ({n / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"{config.num_image_token} tokens per {config.image_size}px tile)")

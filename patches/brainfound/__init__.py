@@ -6,3 +6,4 @@ Importing the package registers the encoder and the media reader; the stage CLIs
 patches.brainfound.{pretrain_ddpm,generate,pretrain_clip,zero_shot,demo}``.
 """
 from patches.brainfound import encoder  # noqa: F401  (registers brainfound_unet)
+from patches.brainfound import reader  # noqa: F401  (registers the meditk media kind)

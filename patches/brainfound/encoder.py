@@ -10,9 +10,10 @@ per 256 px slice. The feature head turns that into tokens: conv3x3 512->768, ReL
 (LayerNorm -> Linear -> GELU -> Linear on each token, which is Brainfound's stage-3 ``mlp1`` without pixel shuffle).
 
 Items (see ``internvl.model.vision.base``): a slice ``[3, H, W]`` in [-1, 1] (what the ``meditk`` reader emits,
-one item per slice, so each slice is its own block of ``<IMG_CONTEXT>`` tokens) or a volume ``[C, D, H, W]``
-(C = 1 or 3; each of the D slices is encoded, giving D x 81 tokens). Slices of another size are resized to
-``image_size``.
+one item per slice, so each slice is its own block of ``<IMG_CONTEXT>`` tokens) or a volume ``[C, D, H, W]`` in
+[-1, 1] (C = 1 or 3; ``num_slices`` slices are taken by ``slice_select`` and padded with black, giving
+num_slices x 81 tokens; the neuro ``volume`` reader produces such items for CT from the config's ``preprocess``
+property). Slices of another size are resized to ``image_size``.
 
 Options: ``noise_at_t0`` (default False, deterministic features) adds the DDPM forward noise of step 0
 (sqrt(a0) x + sqrt(1 - a0) eps, a0 = 1 - beta_start, noise std 0.01 for Brainfound's schedule) as Brainfound's
@@ -35,6 +36,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from patches.brainfound.preprocess import select_slices
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,15 @@ class BrainfoundUNetConfig(PretrainedConfig):
                     encoder_hid_dim=self.encoder_hid_dim)
 
     @property
+    def preprocess(self) -> dict[str, Any]:
+        """What the neuro ``volume`` reader needs to feed this encoder CT volumes ``[3, D, H, W]`` in [-1, 1]:
+        the ``ct_window`` replicated to three channels, native grid (this encoder resizes slices itself)."""
+        width, centre = self.ct_window
+        lo, hi = centre - width / 2, centre + width / 2
+        return {"ct_windows": [[lo, hi]] * 3, "window_mode": "stack", "zscore": [[0.5, 0.5]] * 3,
+                "target_spacing": None, "volume_shape": None}
+
+    @property
     def tokens_per_slice(self) -> int:
         return self.token_grid * self.token_grid
 
@@ -168,7 +179,7 @@ class BrainfoundUNetEncoder(VisionEncoder):
         if item.dim() == 3:
             return per
         if item.dim() == 4:
-            return per * int(item.shape[1])
+            return per * (config.num_slices if config.num_slices > 0 else int(item.shape[1]))
         raise ValueError(f"brainfound_unet items are slices [3,H,W] or volumes [C,D,H,W]; got {tuple(item.shape)}")
 
     @classmethod
@@ -240,8 +251,12 @@ class BrainfoundUNetEncoder(VisionEncoder):
     def _as_slices(self, item: torch.Tensor) -> torch.Tensor:
         if item.dim() == 3:
             item = item.unsqueeze(0)
-        elif item.dim() == 4:  # volume [C, D, H, W] -> [D, C, H, W]
-            item = item.transpose(0, 1)
+        elif item.dim() == 4:  # volume [C, D, H, W] -> num_slices x [C, H, W] (pad slices are -1: black)
+            idx, before, after = select_slices(item.shape[1], self.config.num_slices, self.config.slice_select)
+            item = item[:, idx].transpose(0, 1)
+            if before or after:
+                pad = item.new_full((1, *item.shape[1:]), -1.0)
+                item = torch.cat([pad.expand(before, -1, -1, -1), item, pad.expand(after, -1, -1, -1)])
         else:
             raise ValueError(f"brainfound_unet: item of shape {tuple(item.shape)} is neither [3,H,W] nor [C,D,H,W]")
         if item.shape[1] == 1:
@@ -271,6 +286,35 @@ class BrainfoundUNetEncoder(VisionEncoder):
         return out
 
 
+def _config_kwargs(preset: str | None, src, overrides: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown brainfound_unet preset {preset!r}; known: {sorted(PRESETS)}")
+        base.update(PRESETS[preset])
+    if src is not None and src.kind == "encoder":
+        base.update(src.config_dict)
+    base.update(overrides)
+    return base
+
+
+def config_kwargs_from_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Config kwargs from a vision-config dict (``InternVLChatConfig`` builds encoders' configs through this):
+    expands ``preset``. ``pretrained_path`` is refused here: a config cannot carry weights, so loading them is
+    the factory's job (``create_vision_model("brainfound_unet", pretrained_path=...)``, i.e. the finetune's
+    ``--vision_model brainfound_unet --vision_overrides '{"pretrained_path": ...}'``)."""
+    cfg = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "architectures")}
+    if cfg.get("pretrained_path"):
+        raise ValueError("brainfound_unet: 'pretrained_path' is applied by the encoder factory "
+                         "(create_vision_model / --vision_model + --vision_overrides), not by a config; "
+                         "building from a config alone would silently skip the weights")
+    cfg.pop("pretrained_path", None)
+    return _config_kwargs(cfg.pop("preset", None), None, cfg)
+
+
+BrainfoundUNetEncoder.config_kwargs_from_dict = staticmethod(config_kwargs_from_dict)
+
+
 @register_vision_model("brainfound_unet")
 @encoder_factory(BrainfoundUNetEncoder)
 def brainfound_unet(pretrained_path: str | None = None, preset: str | None = None, **overrides: Any):
@@ -283,16 +327,11 @@ def brainfound_unet(pretrained_path: str | None = None, preset: str | None = Non
     """
     from patches.brainfound import weights
 
-    base: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown brainfound_unet preset {preset!r}; known: {sorted(PRESETS)}")
-        base.update(PRESETS[preset])
     src = weights.resolve_source(pretrained_path) if pretrained_path else None
-    if src is not None and src.kind == "encoder":
-        base.update(src.config_dict)
-    base.update(overrides)
-    model = BrainfoundUNetEncoder(BrainfoundUNetConfig(**base))
+    model = BrainfoundUNetEncoder(BrainfoundUNetConfig(**_config_kwargs(preset, src, overrides)))
     if src is not None:
         weights.load_into(model, src)
     return model
+
+
+brainfound_unet.config_kwargs_from_dict = config_kwargs_from_dict

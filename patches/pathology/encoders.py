@@ -34,6 +34,7 @@ from internvl.model.vision.base import VisionEncoder, encoder_factory, register_
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
+_SAVED_ONLY = {"model_type", "transformers_version", "architectures", "encoder_name", "_name_or_path"}
 LAYERS = {"swiglu_packed": "timm.layers.SwiGLUPacked", "silu": "torch.nn.SiLU", "gelu": "torch.nn.GELU"}
 
 
@@ -82,6 +83,9 @@ class TileEncoderConfig(PretrainedConfig):
                  image_mean=None, image_std=None, embedding: str | None = None, output: str = "embedding",
                  tile_size: int | None = None, crop_pct: float | None = None, hf_hub_id: str | None = None,
                  weights_source: str | None = None, input_kinds=("image",), **kwargs):
+        if "weights" in kwargs:
+            raise ValueError("a tile-encoder config does not load weights: build it with "
+                             "create_vision_model(name, weights=PATH) or call encoder.load_weights(PATH)")
         kwargs.pop("hidden_size", None)  # derived below; a saved value is recomputed, not trusted
         for derived in ("image_size", "patch_size", "embed_dim", "num_prefix_tokens"):
             kwargs.pop(derived, None)
@@ -142,6 +146,14 @@ class TimmTileEncoder(VisionEncoder):
         self.post_init()
 
     # ---- contract -------------------------------------------------------------------------------------------
+    @classmethod
+    def config_kwargs_from_dict(cls, cfg: dict) -> dict:
+        """Constructor kwargs from a saved/overridden config dict; the preset defaults to the registered name."""
+        out = {k: v for k, v in cfg.items() if k not in _SAVED_ONLY}
+        name = cfg.get("encoder_name") or cfg.get("model_type")
+        out.setdefault("preset", name if name in PRESETS else "virchow2")
+        return out
+
     @classmethod
     def num_tokens(cls, config, item: torch.Tensor) -> int:
         if config.output == "embedding":
@@ -206,7 +218,11 @@ class TimmTileEncoder(VisionEncoder):
         state = read_state_dict(path)
         if state and all(k.startswith("model.") for k in state):
             state = {k[len("model."):]: v for k, v in state.items()}
-        missing, unexpected = self.model.load_state_dict(state, strict=False, assign=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch, e.g. Virchow-2 weights on a model built without registers
+            raise ValueError(f"{path}: weights do not match {self.config.preset} ({self.config.timm_arch}): "
+                             f"{' '.join(str(exc).split())}") from exc
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not match {self.config.preset} ({self.config.timm_arch}): "
                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "

@@ -62,21 +62,22 @@ class ExtractSettings:
     precision: str = "fp32"
     device: str = "cpu"
 
-    def resolved_tile(self, encoder) -> int:
-        return int(self.tile_size or getattr(encoder.config, "tile_size", 224))
+    def resolved_tile(self, encoder_config) -> int:
+        return int(self.tile_size or getattr(encoder_config, "tile_size", 224))
 
 
-def encoder_identity(encoder) -> dict:
-    """The parts of an encoder's config that change its numbers (plus the weights' identity)."""
-    cfg = encoder.config
+def encoder_identity(cfg) -> dict:
+    """The parts of a tile encoder's config that change its numbers (plus the weights' identity)."""
     keys = ("encoder_name", "preset", "timm_arch", "timm_kwargs", "image_mean", "image_std", "embedding",
             "image_size", "crop_pct")
     return {**{k: getattr(cfg, k, None) for k in keys}, "weights_source": getattr(cfg, "weights_source", None)}
 
 
-def settings_key(encoder, settings: ExtractSettings) -> str:
-    return params_key({"encoder": encoder_identity(encoder), "mpp": settings.mpp,
-                       "magnification": settings.magnification, "tile_size": settings.resolved_tile(encoder),
+def settings_key(encoder_config, settings: ExtractSettings) -> str:
+    """Hash of everything that shapes a feature file except the slide itself (see ``features.py``)."""
+    return params_key({"encoder": encoder_identity(encoder_config), "mpp": settings.mpp,
+                       "magnification": settings.magnification,
+                       "tile_size": settings.resolved_tile(encoder_config),
                        "tissue": settings.tissue.to_dict(), "slide_mpp": settings.slide_mpp,
                        "precision": settings.precision})
 
@@ -126,13 +127,13 @@ def extract_slide(path: str, encoder, settings: ExtractSettings, out_path: str, 
                   progress: bool = True) -> dict:
     """Extract one slide to ``out_path``; returns a summary (raises ``SlideError`` on failure)."""
     started = time.perf_counter()
-    key = key or settings_key(encoder, settings)
+    key = key or settings_key(encoder.config, settings)
     fingerprint = source_fingerprint(path)
     handle = open_slide(path)
     try:
         info = slide_info(handle, path, settings.slide_mpp)
         target = target_mpp_for(info, settings.mpp, settings.magnification)
-        plan = plan_tiles(handle, info, target, settings.resolved_tile(encoder), settings.tissue)
+        plan = plan_tiles(handle, info, target, settings.resolved_tile(encoder.config), settings.tissue)
     finally:
         handle.close()
     coords = plan.coords
@@ -164,7 +165,7 @@ def extract_slide(path: str, encoder, settings: ExtractSettings, out_path: str, 
         raise BadTilesError(f"{path}: {len(bad)} of {len(coords)} tiles unreadable (budget "
                             f"{settings.max_bad_fraction:.0%}): {listed}{' ...' if len(bad) > 5 else ''}", bad)
     attrs = {"encoder": getattr(encoder.config, "encoder_name", encoder.config.preset),
-             "encoder_config": encoder_identity(encoder), "weights_source": encoder.config.weights_source,
+             "encoder_config": encoder_identity(encoder.config), "weights_source": encoder.config.weights_source,
              "feature_dim": dim, "slide_mpp": info.mpp, "mpp_source": info.mpp_source,
              "objective_power": info.objective_power, "vendor": info.vendor,
              "level0_width": info.dimensions[0], "level0_height": info.dimensions[1],
@@ -237,13 +238,13 @@ def run(slides: list[Path], encoder, settings: ExtractSettings, out_dir: str, sk
     if clashes:
         raise ValueError(f"slides share output names {clashes[:5]}: give them distinct file names or extract the "
                          f"groups into separate --out folders")
-    key = settings_key(encoder, settings)
+    key = settings_key(encoder.config, settings)
     error_log = os.path.join(out_dir, "errors.jsonl")
     results, status = [], Counter()
     for slide in tqdm(slides, desc="slides", unit="slide", disable=not progress):
         out_path = os.path.join(out_dir, output_name(slide) + ".h5")
         try:
-            if os.path.exists(slide) and is_finished(out_path, key, source_fingerprint(str(slide))):
+            if os.path.exists(slide) and is_finished(out_path, key, source_fingerprint(str(slide)), str(slide)):
                 status["skipped (finished)"] += 1
                 continue
             result = extract_slide(str(slide), encoder, settings, out_path, key=key, progress=progress)
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(slides, encoder, settings, args.out, skip_errors=args.skip_errors,
                       progress=not args.no_progress)
-    except SlideError as exc:
+    except (SlideError, OSError, ValueError) as exc:
         print(f"stopped (--no-skip-errors): {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary["counts"]))

@@ -149,10 +149,17 @@ def read_features(path: str) -> FeatureFile:
     return FeatureFile(path=str(path), features=features, coords=coords, attrs=attrs)
 
 
-def is_finished(path: str, key: str, fingerprint: dict) -> bool:
-    """True when ``path`` was written with the same settings for a slide with the same size and mtime."""
+def is_finished(path: str, key: str, fingerprint: dict, slide: str | None = None) -> bool:
+    """True when ``path`` was written with the same settings for the same slide.
+
+    Same size and mtime is taken as the same slide; with ``slide`` given, a changed mtime falls back to comparing
+    the content hash (a slide rewritten with identical bytes is still finished).
+    """
     if not os.path.isfile(path):
         return False
     attrs = read_attrs(path)
-    return (attrs.get("params_key") == key and int(attrs.get("source_size", -1)) == fingerprint["source_size"]
-            and int(attrs.get("source_mtime_ns", -1)) == fingerprint["source_mtime_ns"])
+    if attrs.get("params_key") != key or int(attrs.get("source_size", -1)) != fingerprint["source_size"]:
+        return False
+    if int(attrs.get("source_mtime_ns", -1)) == fingerprint["source_mtime_ns"]:
+        return True
+    return slide is not None and attrs.get("source_hash") == source_hash(slide)

@@ -19,6 +19,7 @@ OpenSlide cannot open raises ``SlideError`` with the file and OpenSlide's reason
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -88,6 +89,8 @@ class BadTile:
 
 def open_slide(path: str) -> openslide.OpenSlide:
     """OpenSlide handle or ``SlideError`` (format not recognised, unsupported compression, missing file ...)."""
+    if not os.path.exists(path):
+        raise SlideError(f"{path}: file not found")
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as exc:

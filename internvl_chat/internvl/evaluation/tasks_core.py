@@ -62,16 +62,23 @@ class MultipleChoiceTask(EvalTask):
 
     @staticmethod
     def _confusion_png(records: list[dict], path: str) -> str:
-        from sklearn.metrics import ConfusionMatrixDisplay
+        """Counts of (reference letter, predicted letter or "none"), annotated heat map."""
+        from sklearn.metrics import confusion_matrix
 
         from internvl.evaluation.plots import new_figure, save_figure
 
-        letters = sorted({r["ref_letter"] for r in records} | {r["pred_letter"] for r in records if r["pred_letter"]})
-        labels = letters + [NO_ANSWER]
-        fig, ax = new_figure(figsize=(1.0 + 0.6 * len(labels), 0.8 + 0.6 * len(labels)))
-        ConfusionMatrixDisplay.from_predictions([r["ref_letter"] for r in records],
-                                                [r["pred_letter"] or NO_ANSWER for r in records],
-                                                labels=labels, ax=ax, colorbar=False)
+        refs = sorted({r["ref_letter"] for r in records})
+        cols = sorted(set(refs) | {r["pred_letter"] for r in records if r["pred_letter"]}) + [NO_ANSWER]
+        matrix = confusion_matrix([r["ref_letter"] for r in records],
+                                  [r["pred_letter"] or NO_ANSWER for r in records], labels=cols)[:len(refs)]
+        fig, ax = new_figure(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.6 * len(refs)))
+        ax.imshow(matrix, cmap="Blues")
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(refs)), refs)
         acc = sum(bool(r["correct"]) for r in records) / len(records)
         ax.set_title(f"mcq: accuracy {acc:.3f} (n={len(records)})")
         ax.set_ylabel("reference")

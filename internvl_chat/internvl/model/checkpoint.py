@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from internvl.fileio import atomic_write_text
 from internvl.model.llm import internlm2_state_to_llama, is_internlm2_state
 
 logger = logging.getLogger(__name__)
@@ -63,12 +64,6 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
 def _atomic_save(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
     tmp = file.with_name(file.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"})
-    os.replace(tmp, file)
-
-
-def _atomic_write_text(text: str, file: Path) -> None:
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, file)
 
 
@@ -192,11 +187,11 @@ def save_model(model, path: str, state_dict: dict | None = None, max_shard_bytes
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             _atomic_save(shard, root / name)
             weight_map.update({k: name for k in shard})
-        _atomic_write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2),
+        atomic_write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2),
                            root / WEIGHTS_INDEX)
     cfg = model.config.to_dict()
     cfg["llm_config"]["tie_word_embeddings"] = bool(tied)
-    _atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n", root / "config.json")
+    atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n", root / "config.json")
 
 
 def load_model(cls, path: str, dtype=None, device=None, **overrides):
@@ -217,7 +212,7 @@ def load_model(cls, path: str, dtype=None, device=None, **overrides):
     kwargs.update(overrides)
     try:
         config = cls.config_class(**kwargs)
-    except (KeyError, ValueError, TypeError) as exc:
+    except Exception as exc:  # re-raised naming the file (transformers raises several validation types)
         raise CheckpointError(f"{Path(path) / 'config.json'}: cannot build the model config: {exc}") from exc
     head_saved = any(k.endswith("lm_head.weight") or k == "language_model.output.weight" for k in state)
     config.llm_config.tie_word_embeddings = not head_saved
@@ -238,7 +233,10 @@ def load_model(cls, path: str, dtype=None, device=None, **overrides):
         raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:8]}"
                               f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
                               f"{' ...' if len(unexpected) > 8 else ''}")
-    torch.nn.Module.load_state_dict(model, state, strict=False, assign=True)
+    try:
+        torch.nn.Module.load_state_dict(model, state, strict=False, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
     if not head_saved:
         model.language_model.get_output_embeddings().weight = model.language_model.get_input_embeddings().weight
     if dtype not in (None, "auto"):

@@ -153,6 +153,8 @@ class InternViTEncoder(VisionEncoder):
     """InternViT (tiles ``[3, S, S]`` -> ``(S/patch)^2`` tokens, CLS dropped, layer ``select_layer``)."""
 
     config_class = InternViTConfig
+    tiny_overrides = dict(image_size=28, patch_size=14, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32)
 
     def __init__(self, config: InternViTConfig | None = None, **overrides):
         config = config if isinstance(config, InternViTConfig) else InternViTConfig(**overrides)

@@ -1,0 +1,1 @@
+"""Command-line tools: export_hf, merge_lora, check_data."""

@@ -1,0 +1,53 @@
+"""Fold LoRA adapters (LLM and vision backbone) into plain weights.
+
+    python -m internvl.tools.merge_lora SRC DST
+
+SRC is a checkpoint saved while LoRA was on (its config keeps ``use_llm_lora`` / ``use_backbone_lora``, so
+loading re-wraps it); DST holds plain weights in the ordinary layout, ``use_*_lora = 0``, and the tokenizer, and
+gives the same logits as the adapted model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from internvl.fileio import atomic_directory
+
+
+def merge(model):
+    """Merge and unload every peft wrapper of ``model`` in place; returns the model."""
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    if hasattr(model.vision_model, "merge_and_unload"):
+        model.vision_model = model.vision_model.merge_and_unload()
+    model.config.use_llm_lora = 0
+    model.config.use_backbone_lora = 0
+    return model
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Merge LoRA adapters into an InternVL checkpoint")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    args = parser.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from internvl.model.checkpoint import CheckpointError
+    from internvl.model.internvl_chat import InternVLChatModel
+
+    try:
+        model = InternVLChatModel.from_pretrained(args.src, dtype="auto")
+    except CheckpointError as exc:
+        sys.exit(f"merge_lora: {exc}")
+    if not (model.config.use_llm_lora or model.config.use_backbone_lora):
+        print(f"merge_lora: {args.src} holds no LoRA adapters; writing it unchanged", file=sys.stderr)
+    merge(model)
+    with atomic_directory(args.dst) as tmp:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(args.src).save_pretrained(tmp)
+    print(f"wrote {Path(args.dst).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

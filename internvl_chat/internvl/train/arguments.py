@@ -1,0 +1,175 @@
+"""Command-line arguments of the finetune entry point: InternVL's names and meanings, plus ours.
+
+Three dataclasses, parsed by ``transformers.HfArgumentParser`` (as InternVL does):
+
+* ``ModelArguments``: what to load and what to train (InternVL's ``freeze_*``, ``unfreeze_*``, ``use_*_lora``,
+  ``vision_select_layer``, ``drop_path_rate``, ``grad_checkpoint``, ``ps_version``) and ours to replace the vision
+  side of a loaded checkpoint (``--vision_model``/``--vision_overrides``/``--projector``/``--projector_config``).
+* ``DataTrainingArguments``: InternVL's data options (``meta_path``, ``conv_style``, ``max_seq_length``,
+  ``force_image_size``, ``dynamic_image_size`` ...) and ours for bad samples (``--skip_bad_samples``,
+  ``--bad_sample_budget``).
+* ``TrainingArguments``: transformers' own, plus the InternVL-script flags transformers 5 removed, mapped onto
+  their successors so InternVL's launch scripts keep working: ``--overwrite_output_dir`` (here: start fresh
+  instead of auto-resuming), ``--evaluation_strategy`` -> ``eval_strategy``, ``--group_by_length`` ->
+  ``train_sampling_strategy=group_by_length``, ``--warmup_ratio`` -> ``warmup_steps`` (a float < 1 is a ratio).
+
+Defaults that differ from transformers': ``report_to=tensorboard``, non-padding token counting on (for tokens/s),
+``remove_unused_columns=False`` (the model takes ``pixel_values``/``image_flags``, which the Trainer would drop).
+On a machine without CUDA ``use_cpu`` is switched on: accelerate only sets up a multi-process CPU group (gloo)
+when told it runs on CPU, also under DeepSpeed's CPU accelerator.
+
+``--deepspeed NAME.json`` not found in the working directory resolves against ``internvl_chat/`` (where InternVL's
+``zero_stage{1,2,3}_config.json`` live), so the launchers run from the repo root. Without CUDA the config's
+Adam/AdamW is switched to torch's implementation (``torch_adam``); DeepSpeed would otherwise JIT-compile its CPU
+fused Adam (measured: ~75 s on 2 cores, and a C++ toolchain is needed).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "InternVL chat checkpoint to finetune (config.json + safetensors + tokenizer)."})
+    freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and put it in eval mode)."})
+    freeze_backbone: bool = field(default=False, metadata={"help": "Freeze the vision encoder."})
+    freeze_mlp: bool = field(default=False, metadata={"help": "Freeze the projector (mlp1)."})
+    unfreeze_vit_layers: int = field(
+        default=0, metadata={"help": "Train vision layers [N:] even with --freeze_backbone (negative N: the last |N|)."})
+    vision_select_layer: int = field(default=-1, metadata={"help": "Vision layer whose output feeds the projector."})
+    use_backbone_lora: int = field(default=0, metadata={"help": "LoRA rank for the vision encoder (0: off)."})
+    use_llm_lora: int = field(default=0, metadata={"help": "LoRA rank for the language model (0: off)."})
+    unfreeze_lm_head: bool = field(default=False, metadata={"help": "Train lm_head's weight (also with LoRA)."})
+    grad_checkpoint: bool = field(default=True, metadata={"help": "Gradient checkpointing (LLM and vision encoder)."})
+    drop_path_rate: float = field(default=0.0, metadata={"help": "Stochastic depth of the vision encoder."})
+    ps_version: str = field(default="v2", metadata={"help": "Pixel-shuffle version: v1 (InternVL 1.x) or v2."})
+    use_fast_tokenizer: bool = field(default=False, metadata={"help": "Load the fast (Rust) tokenizer if both exist."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "LLM attention: sdpa | eager | flash_attention_2. Default: flash_attention_2 "
+                                        "when flash_attn is installed and CUDA is present, sdpa otherwise."})
+    vision_model: str | None = field(
+        default=None, metadata={"help": "Replace the checkpoint's vision encoder with this registered encoder "
+                                        "(the LLM is kept; the new encoder and projector start untrained)."})
+    vision_overrides: str | None = field(default=None, metadata={"help": "JSON object of encoder config overrides."})
+    projector: str | None = field(default=None, metadata={"help": "Replace the projector with this registered one."})
+    projector_config: str | None = field(default=None, metadata={"help": "JSON object of projector options."})
+
+    def __post_init__(self):
+        self.vision_overrides_dict = _json_object("--vision_overrides", self.vision_overrides)
+        self.projector_config_dict = _json_object("--projector_config", self.projector_config)
+        for name in ("use_backbone_lora", "use_llm_lora"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} is a LoRA rank and must be >= 0, got {getattr(self, name)}")
+        if (self.vision_overrides or self.projector_config) and not (self.vision_model or self.projector):
+            raise ValueError("--vision_overrides/--projector_config need --vision_model or --projector")
+
+
+@dataclass
+class DataTrainingArguments:
+    meta_path: str | None = field(default=None, metadata={"help": "InternVL meta JSON listing the training JSONLs."})
+    conv_style: str = field(default="internlm2-chat", metadata={"help": "Chat template; must match the checkpoint."})
+    max_seq_length: int = field(default=8192, metadata={"help": "Longer samples are truncated (never an image span)."})
+    force_image_size: int = field(default=448, metadata={"help": "Tile size; must equal the checkpoint's."})
+    down_sample_ratio: float = field(default=0.5, metadata={"help": "Pixel-shuffle ratio; must equal the checkpoint's."})
+    pad2square: bool = field(default=False, metadata={"help": "Pad images to square (InternVL 1.x)."})
+    dynamic_image_size: bool = field(default=False, metadata={"help": "Dynamic tiling of images."})
+    use_thumbnail: bool = field(default=False, metadata={"help": "Append a thumbnail tile when an image is tiled."})
+    min_dynamic_patch: int = field(default=1, metadata={"help": "Minimum tiles per image."})
+    max_dynamic_patch: int = field(default=12, metadata={"help": "Maximum tiles per image (meta JSON may override)."})
+    normalize_type: str = field(default="imagenet", metadata={"help": "imagenet | clip | siglip."})
+    use_data_resampling: bool = field(
+        default=False, metadata={"help": "Sample datasets with sqrt(length) weights, with replacement (InternVL)."})
+    skip_bad_samples: bool = field(
+        default=False, metadata={"help": "Skip unreadable/malformed samples (counted and logged) instead of failing."})
+    bad_sample_budget: float = field(
+        default=0.01, metadata={"help": "With --skip_bad_samples: the most bad lines tolerated per dataset, as a "
+                                        "fraction in [0, 1) of its lines; one more stops training."})
+
+    def __post_init__(self):
+        if not 0 <= self.bad_sample_budget < 1:
+            raise ValueError(f"--bad_sample_budget must be a fraction in [0, 1), got {self.bad_sample_budget}")
+        if self.normalize_type not in ("imagenet", "clip", "siglip"):
+            raise ValueError(f"--normalize_type must be imagenet, clip or siglip, got {self.normalize_type!r}")
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    report_to: str | list[str] | None = field(default="tensorboard", metadata={"help": "Logging integrations."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every collated key (pixel_values...)."})
+    include_num_input_tokens_seen: str | bool = field(
+        default="non_padding", metadata={"help": "Count tokens seen (for tokens/s): all | non_padding | no."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start from the model, ignoring checkpoints in output_dir (no auto-resume)."})
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "InternVL/transformers-4 name of "
+                                                                             "--eval_strategy."})
+    group_by_length: bool = field(default=False, metadata={"help": "InternVL/transformers-4 name of "
+                                                                   "--train_sampling_strategy group_by_length."})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "InternVL/transformers-4 name: warmup as a "
+                                                                       "fraction of the steps (sets warmup_steps)."})
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
+        if not torch.cuda.is_available() and not self.use_cpu:
+            self.use_cpu = True
+        self.deepspeed = deepspeed_config_for_device(resolve_deepspeed_config(self.deepspeed))
+        super().__post_init__()
+
+
+def _json_object(flag: str, text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def resolve_deepspeed_config(path: str | None) -> str | None:
+    """A bare config name not found in the working directory is looked up next to InternVL's own copies."""
+    if not path or os.path.exists(path) or os.path.isabs(path):
+        return path
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.dirname(os.path.dirname(here)), os.path.dirname(here)):  # internvl_chat/, internvl/
+        candidate = os.path.join(folder, path)
+        if os.path.exists(candidate):
+            return candidate
+    raise FileNotFoundError(f"--deepspeed {path}: not found in {os.getcwd()} nor next to internvl_chat/")
+
+
+def deepspeed_config_for_device(path: str | None):
+    """The DeepSpeed config to use: on a machine without CUDA, its Adam/AdamW optimizer is told to use torch's
+    implementation (``torch_adam``) instead of JIT-compiling DeepSpeed's CPU fused Adam, and the dict is
+    returned; on GPUs the file path is returned unchanged."""
+    if not path or torch.cuda.is_available():
+        return path
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    opt = config.get("optimizer")
+    offload = (config.get("zero_optimization") or {}).get("offload_optimizer")
+    if opt and str(opt.get("type", "")).lower() in ("adam", "adamw") and not offload:
+        opt.setdefault("params", {})["torch_adam"] = True
+        logger.info("no CUDA: DeepSpeed optimizer %s uses torch's implementation (torch_adam)", opt["type"])
+    return config
+
+
+__all__ = ["DataTrainingArguments", "ModelArguments", "TrainingArguments", "deepspeed_config_for_device",
+           "resolve_deepspeed_config"]

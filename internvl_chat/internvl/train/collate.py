@@ -1,0 +1,89 @@
+"""Batching samples of ``SupervisedDataset`` for ``InternVLChatModel.forward``.
+
+* ``input_ids`` are padded with the tokenizer's pad id (InternVL pads with 0, a real token for Qwen2, and then
+  derives the mask from ``!= 0``; we do not), ``labels`` with -100, ``attention_mask`` with 0, ``position_ids``
+  with 0. Right padding for training (``padding_side="left"`` for generation).
+* Media items are concatenated across samples in order (sample 0's first): a ``Tensor [N, *shape]`` when all
+  share one shape, else a ``list`` of N tensors; ``image_flags`` is a ``LongTensor [N]``. Text-only samples
+  carry their dummy item (flag 0), so a batch without any real media still runs the vision path.
+* ``sample_ref`` strings are kept under ``sample_refs`` only with ``return_refs=True`` (the model's ``forward``
+  does not take them).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from internvl.train.constants import IGNORE_INDEX
+
+
+def stack_items(items: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """``Tensor [N, *shape]`` if every item has one shape, else the list itself."""
+    if items and all(it.shape == items[0].shape for it in items):
+        return torch.stack(list(items))
+    return list(items)
+
+
+def _pad(seqs: list[torch.Tensor], value: int, length: int, left: bool) -> torch.Tensor:
+    out = torch.full((len(seqs), length), value, dtype=seqs[0].dtype)
+    for i, s in enumerate(seqs):
+        if left:
+            out[i, length - len(s):] = s
+        else:
+            out[i, :len(s)] = s
+    return out
+
+
+class DataCollator:
+    """Pads and concatenates samples (see the module docstring). Picklable, so DataLoader workers can use it."""
+
+    def __init__(self, pad_token_id: int, *, padding_side: str = "right", pad_to_multiple_of: int | None = None,
+                 return_refs: bool = False):
+        if pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token id; set tokenizer.pad_token (e.g. to <|endoftext|>)")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_refs = return_refs
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kwargs) -> "DataCollator":
+        return cls(tokenizer.pad_token_id, **kwargs)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        for s in samples:
+            if s is None:
+                raise ValueError("a sample is None; SupervisedDataset never returns None (bad data raises or is "
+                                 "replaced under skip_bad_samples)")
+        length = max(len(s["input_ids"]) for s in samples)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            length = (length + m - 1) // m * m
+        left = self.padding_side == "left"
+        batch: dict[str, Any] = {
+            "input_ids": _pad([s["input_ids"] for s in samples], self.pad_token_id, length, left),
+            "labels": _pad([s["labels"] for s in samples], IGNORE_INDEX, length, left),
+            "attention_mask": _pad([s["attention_mask"] for s in samples], 0, length, left),
+            "position_ids": _pad([s["position_ids"] for s in samples], 0, length, left),
+        }
+        items = [it for s in samples for it in s["pixel_values"]]
+        batch["pixel_values"] = stack_items(items)
+        batch["image_flags"] = torch.cat([s["image_flags"].long().reshape(-1) for s in samples])
+        if batch["image_flags"].numel() != len(items):
+            raise ValueError(f"{len(items)} media items but {batch['image_flags'].numel()} image_flags")
+        if self.return_refs:
+            batch["sample_refs"] = [s.get("sample_ref") for s in samples]
+        return batch
+
+
+def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, **kwargs) -> dict[str, Any]:
+    """Functional form of ``DataCollator(pad_token_id, **kwargs)(samples)``."""
+    return DataCollator(pad_token_id, **kwargs)(samples)
+
+
+__all__ = ["DataCollator", "collate", "stack_items"]

@@ -1,0 +1,262 @@
+"""Supervised finetuning of an InternVL chat checkpoint on a meta JSON of JSONL datasets (HF Trainer + DeepSpeed).
+
+    torchrun --nproc_per_node=$GPUS internvl_chat/internvl/train/internvl_chat_finetune.py \\
+        --model_name_or_path pretrained/InternVL2-1B --meta_path data.json --conv_style Hermes-2 \\
+        --output_dir work_dirs/x --deepspeed zero_stage1_config.json [any transformers TrainingArguments]
+
+The arguments are InternVL's (``internvl.train.arguments``; ``python ... --help`` lists them) plus ours:
+``--skip_bad_samples``/``--bad_sample_budget``, ``--vision_model``/``--vision_overrides``/``--projector``/
+``--projector_config`` (replace the vision side of the loaded checkpoint, keeping its LLM) and ``--plugins``.
+One JSON file as the only argument is read as all arguments.
+
+What ``main`` does, in order:
+
+1. Plugins (entry points, ``$INTERNVL_PLUGINS``, ``--plugins``) are imported before any registry lookup.
+2. Resume point: ``--resume_from_checkpoint``, else the last *complete* ``checkpoint-N`` in ``output_dir`` unless
+   ``--overwrite_output_dir`` (``internvl.train.trainer_utils``: checkpoints are written to a staging folder and
+   renamed, so a half-written one is never picked).
+3. Tokenizer (no remote code); InternVL's special tokens are added if missing, the LLM's embeddings resized and
+   the new rows (input and output) set to the mean of the old ones.
+4. Model (``InternVLChatModel.from_pretrained``) with the CLI's ``conv_style``, ``vision_select_layer``,
+   ``dynamic_image_size``, ``use_thumbnail``, ``ps_version``, ``min/max_dynamic_patch`` written into its config
+   (as InternVL does) and ``drop_path_rate`` into the encoder; ``down_sample_ratio`` and ``force_image_size``
+   must match the checkpoint (no position-embedding resizing). Optionally a new vision encoder / projector.
+   ``img_context_token_id`` from the tokenizer; ``use_cache`` off; attention SDPA unless flash-attn and CUDA are
+   present (``--attn_implementation`` overrides); gradient checkpointing (non-reentrant) with
+   ``--grad_checkpoint``.
+5. Freezing / LoRA / ``unfreeze_lm_head`` / ``unfreeze_vit_layers`` (``internvl.train.freeze``), logged per module.
+6. Data: ``build_datasets`` (meta JSON -> tokenised samples, bad-sample policy), optional sqrt resampling,
+   ``DataCollator``.
+7. ``InternVLTrainer.train``; then the model and tokenizer are saved into ``output_dir`` (files moved in
+   atomically) with ``train_results.json`` and ``trainer_state.json`` (the loss curve, ``log_history``).
+
+On a machine without CUDA everything runs on CPU (gloo; DeepSpeed with its CPU accelerator and torch's AdamW,
+see ``internvl.train.arguments``); bf16 is the launcher's choice (``--bf16 True`` on GPUs only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script (torchrun .../internvl_chat_finetune.py): import `internvl` from
+    _here = os.path.dirname(os.path.abspath(__file__))  # this checkout, and keep train/'s modules off sys.path
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
+
+import torch
+
+if not torch.cuda.is_available():  # DeepSpeed's accelerator must be known before deepspeed is imported
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from internvl.fileio import atomic_write_text
+from internvl.registry import add_plugins_argument, load_plugins
+from internvl.train.arguments import DataTrainingArguments, ModelArguments, TrainingArguments
+from internvl.train.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
+from internvl.train.freeze import configure_trainable, format_summary, trainable_summary
+
+logger = logging.getLogger("internvl.finetune")
+
+
+def parse_args(argv: list[str] | None = None):
+    """``(model_args, data_args, training_args, plugins)`` from the command line (or one JSON file)."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    add_plugins_argument(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0], encoding="utf-8") as f:
+            raw = json.load(f)
+        plugins = raw.pop("plugins", [])
+        model_args, data_args, training_args = parser.parse_dict(raw)
+        return model_args, data_args, training_args, plugins
+    model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(argv)
+    return model_args, data_args, training_args, extra.plugins
+
+
+def setup_logging(training_args) -> None:
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], level=level, force=True)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_explicit_format()
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def load_tokenizer(model_args, data_args):
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer,
+                                              trust_remote_code=False)
+    tokenizer.model_max_length = data_args.max_seq_length
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no pad token")
+    return tokenizer
+
+
+def add_special_tokens(tokenizer, model) -> int:
+    """Add InternVL's special tokens the tokenizer lacks; new embedding rows = mean of the old rows."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if not missing:
+        return 0
+    old_len = len(tokenizer)
+    tokenizer.add_tokens(missing, special_tokens=True)
+    llm = model.language_model
+    new_ids = tokenizer.convert_tokens_to_ids(missing)
+    if max(new_ids) >= llm.get_input_embeddings().weight.shape[0]:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for emb in (llm.get_input_embeddings(), llm.get_output_embeddings()):
+            if emb is None:
+                continue
+            weight = emb.weight
+            weight[new_ids] = weight[:old_len].mean(dim=0, keepdim=True).to(weight.dtype)
+    model.config.llm_config.vocab_size = llm.config.vocab_size
+    logger.info("added special tokens %s (ids %s); embeddings now %d rows", missing, new_ids,
+                llm.get_input_embeddings().weight.shape[0])
+    return len(missing)
+
+
+# ------------------------------------------------------------------------------------------------ model
+def load_model(model_args, data_args, training_args):
+    from internvl.model.internvl_chat import InternVLChatModel
+
+    overrides = dict(template=data_args.conv_style, select_layer=model_args.vision_select_layer,
+                     dynamic_image_size=data_args.dynamic_image_size, use_thumbnail=data_args.use_thumbnail,
+                     ps_version=model_args.ps_version, min_dynamic_patch=data_args.min_dynamic_patch,
+                     max_dynamic_patch=data_args.max_dynamic_patch, pad2square=data_args.pad2square)
+    logger.info("loading %s", model_args.model_name_or_path)
+    model = InternVLChatModel.from_pretrained(model_args.model_name_or_path, dtype=torch.float32, **overrides)
+    if model_args.vision_model or model_args.projector:
+        model = replace_vision_side(model, model_args)
+    else:
+        check_vision_geometry(model, data_args)
+    if model_args.drop_path_rate:
+        set_drop_path = getattr(model.vision_model, "set_drop_path", None)
+        if set_drop_path is None:
+            raise ValueError(f"--drop_path_rate: encoder {model.config.vision_config.encoder_name!r} has no "
+                             "stochastic depth (set_drop_path)")
+        set_drop_path(model_args.drop_path_rate)
+    if model_args.attn_implementation:
+        model.language_model.set_attn_implementation(model_args.attn_implementation)
+    model.language_model.config.use_cache = False
+    model.config.use_cache = False
+    return model
+
+
+def check_vision_geometry(model, data_args) -> None:
+    """InternVL asserts the pixel-shuffle ratio; it resizes position embeddings for another tile size, which we
+    do not, so a different ``--force_image_size`` is an error rather than a silently different model."""
+    cfg = model.config
+    if abs(float(cfg.downsample_ratio) - data_args.down_sample_ratio) > 1e-9:
+        raise ValueError(f"--down_sample_ratio {data_args.down_sample_ratio} differs from the checkpoint's "
+                         f"{cfg.downsample_ratio}")
+    size = getattr(cfg.vision_config, "image_size", None)
+    if data_args.force_image_size and size and data_args.force_image_size != cfg.image_size:
+        raise ValueError(f"--force_image_size {data_args.force_image_size} differs from the checkpoint's tile size "
+                         f"{cfg.image_size}; resizing position embeddings is not supported: pass "
+                         f"--force_image_size {cfg.image_size}")
+
+
+def replace_vision_side(model, model_args):
+    """A new encoder (``--vision_model``) and/or projector (``--projector``) around the loaded LLM."""
+    from internvl.model import create_vision_model
+    from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+
+    old = model.config
+    if model_args.vision_model:
+        encoder = create_vision_model(model_args.vision_model, **model_args.vision_overrides_dict)
+        size = getattr(encoder.config, "image_size", None)
+    else:
+        encoder, size = model.vision_model, old.force_image_size
+    projector = model_args.projector or old.projector
+    projector_config = model_args.projector_config_dict if model_args.projector else dict(old.projector_config)
+    fields = {k: getattr(old, k) for k in ("select_layer", "downsample_ratio", "template", "dynamic_image_size",
+                                          "use_thumbnail", "ps_version", "min_dynamic_patch", "max_dynamic_patch",
+                                          "pad2square")}
+    config = InternVLChatConfig(vision_config=encoder.config, llm_config=old.llm_config, projector=projector,
+                                projector_config=projector_config, force_image_size=size, **fields)
+    new = InternVLChatModel(config, vision_model=encoder, language_model=model.language_model).float()
+    logger.info("vision side replaced: encoder %r, projector %r (new parts start from their constructors' "
+                "weights); LLM kept from %s", config.vision_config.encoder_name, projector,
+                model_args.model_name_or_path)
+    return new
+
+
+def enable_gradient_checkpointing(model) -> None:
+    kwargs = {"use_reentrant": False}
+    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    vision = model.vision_model
+    base = vision.get_base_model() if hasattr(vision, "get_base_model") else vision
+    if getattr(base, "supports_gradient_checkpointing", False) and any(
+            hasattr(m, "gradient_checkpointing") for m in base.modules()):
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        logger.warning("--grad_checkpoint: encoder %s has no checkpointable layers; only the LLM is checkpointed",
+                       type(base).__name__)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def build_train_dataset(tokenizer, model, data_args, training_args):
+    from internvl.train.dataset import build_datasets
+    from internvl.train.sampling import TrainDataset
+
+    if not data_args.meta_path:
+        raise ValueError("--meta_path is required")
+    options = dict(dynamic_image_size=data_args.dynamic_image_size, use_thumbnail=data_args.use_thumbnail,
+                   min_dynamic_patch=data_args.min_dynamic_patch, max_dynamic_patch=data_args.max_dynamic_patch,
+                   normalize_type=data_args.normalize_type, pad2square=data_args.pad2square)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    skip = data_args.bad_sample_budget if data_args.skip_bad_samples else False
+    concat = build_datasets(data_args.meta_path, tokenizer, model.config, template_name=data_args.conv_style,
+                            max_seq_length=data_args.max_seq_length, data_options=options, is_train=True,
+                            skip_bad_samples=skip, seed=seed)
+    return TrainDataset(concat, resample=data_args.use_data_resampling, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args, plugins = parse_args(argv)
+    setup_logging(training_args)
+    load_plugins(plugins)
+    from internvl.train.collate import DataCollator
+    from internvl.train.trainer_utils import InternVLTrainer, resolve_resume
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (an InternVL chat checkpoint)")
+    logger.warning("process %d/%d, device %s, bf16 %s, deepspeed %s", training_args.process_index,
+                   training_args.world_size, training_args.device, training_args.bf16, bool(training_args.deepspeed))
+    resume = resolve_resume(training_args)
+    set_seed(training_args.seed)
+
+    tokenizer = load_tokenizer(model_args, data_args)
+    model = load_model(model_args, data_args, training_args)
+    add_special_tokens(tokenizer, model)
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    if model_args.grad_checkpoint:
+        enable_gradient_checkpointing(model)
+    configure_trainable(model, model_args)
+    summary = trainable_summary(model)
+    logger.info(format_summary(summary))
+    if not any(t for t, _ in summary.values()):
+        raise ValueError("nothing to train: every parameter is frozen (check --freeze_* and LoRA flags)")
+
+    train_dataset = build_train_dataset(tokenizer, model, data_args, training_args)
+    trainer = InternVLTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                              data_collator=DataCollator.from_tokenizer(tokenizer), processing_class=tokenizer)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final_model(training_args.output_dir)
+    if trainer.args.should_save:
+        trainer.log_metrics("train", result.metrics)
+        out = training_args.output_dir
+        atomic_write_text(json.dumps(result.metrics, indent=2) + "\n", os.path.join(out, "train_results.json"))
+        state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(state, os.path.join(out, "trainer_state.json"))
+
+
+if __name__ == "__main__":
+    main()

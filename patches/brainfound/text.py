@@ -1,0 +1,92 @@
+"""Text encoders for the Brainfound stages, from transformers, offline.
+
+``text_model`` in a stage config is either a local Hugging Face model directory (a BERT-like encoder and its
+tokenizer, e.g. a downloaded Chinese BERT; loaded with ``local_files_only=True``, never ``trust_remote_code``) or
+``"tiny"``: a small randomly initialised ``BertModel`` plus a WordPiece tokenizer trained with ``tokenizers`` on
+the run's own text (reports, prompts), built here without any hub access. The tiny model is saved into the run
+directory (``save_pretrained``, safetensors) so zero-shot evaluation and resumed runs use exactly the same one;
+it is rebuilt only when that directory is missing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
+
+from patches.brainfound.weights import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tiny_text_model(corpus: Iterable[str], out_dir: str | os.PathLike, *, hidden_size: int = 64,
+                          num_layers: int = 2, num_heads: int = 2, vocab_size: int = 2000, max_length: int = 64,
+                          seed: int = 0, dropout: float = 0.0) -> Path:
+    """Train a WordPiece tokenizer on ``corpus``, init a tiny BERT, save both to ``out_dir`` (atomically)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    texts = [t for t in corpus if t and t.strip()]
+    if not texts:
+        raise ValueError("build_tiny_text_model: empty corpus")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+                                                             min_frequency=1, show_progress=False))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece()
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                     num_attention_heads=num_heads, intermediate_size=hidden_size * 4,
+                     max_position_embeddings=max(max_length, 64), hidden_dropout_prob=dropout,
+                     attention_probs_dropout_prob=dropout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(cfg, add_pooling_layer=False)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def resolve_text_model(spec: str, run_dir: str | os.PathLike, corpus_fn, **tiny_kwargs) -> Path:
+    """``spec`` = a local model dir, or "tiny" (built once into ``run_dir/text_model_init`` from ``corpus_fn()``)."""
+    if spec != "tiny":
+        path = Path(spec)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"text_model {spec!r}: not a local model directory (no config.json); "
+                                    f"use 'tiny' or a downloaded encoder directory")
+        return path
+    out = Path(run_dir) / "text_model_init"
+    if (out / "config.json").is_file():
+        return out
+    logger.info("building a tiny random BERT + WordPiece tokenizer in %s", out)
+    return build_tiny_text_model(corpus_fn(), out, **tiny_kwargs)
+
+
+def load_text_model(path: str | os.PathLike):
+    """(tokenizer, model) from a local directory; no network, no remote code."""
+    from transformers import AutoConfig
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    extra = {"add_pooling_layer": False} if cfg.model_type == "bert" else {}
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, **extra)
+    if getattr(model, "pooler", None) is not None:  # sentence features are mean-pooled; an unused pooler
+        model.pooler = None                         # would leave DDP with parameters that get no gradient
+    return tok, model
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)

@@ -1,0 +1,165 @@
+"""Media readers ``volume`` (3D MRI/CT, single series or multi-series studies) and ``fmri`` (4D rsfMRI).
+
+A JSONL row names its volumes under the ``volume`` (or ``fmri``) key; each reference fills one ``<image>``:
+
+* ``"sub-01/T1w.nii.gz"`` or a DICOM folder ``"sub-01/ct_dicom"``                      -> one item
+* ``{"path": "study/dicom", "series_uid": "1.2...", "modality": "ct"}``                  -> one item
+  (any ``PreprocessConfig`` field may be overridden per reference; ``series_uid`` picks a series in a folder)
+* a study: ``["t1.nii.gz", "t2.nii.gz", "flair.nii.gz"]`` or ``{"paths": [...], "modality": "mri"}``, or one CT
+  split into its windows ``{"path": "ct.nii.gz", "modality": "ct", "window_mode": "series"}``:
+  - ``study_mode="pool"`` (default when the encoder has ``study_pooling`` != "none"): ONE item
+    ``[S, C, D, H, W]`` that the encoder's attention-MIL pooler aggregates (NeuroVFM aggregate-then-classify);
+  - ``study_mode="concat"``: S items in the one placeholder (the series' tokens side by side).
+  To give each series its own ``<image>`` block instead, list the series as separate references.
+
+Items are ``[C, D, H, W]`` (``fmri``: ``[C, T, D, H, W]``) float tensors. Preprocessing parameters
+(``PreprocessConfig``) come from ``config.vision_config`` (attributes of the same name, e.g. ``volume_shape``,
+``num_frames``, then its ``preprocess`` dict), then data options (keys of the same name, then the
+``volume_preprocess`` dict), then the reference. ``volume_cache_dir`` (option or ``$NEURO_VOLUME_CACHE``) turns on
+the uint8 cache. Encoders that remove background tokens (``append_foreground_mask=True`` in their config) get
+the foreground mask as an extra last channel.
+
+Aliases: other row keys for the same reader go in ``VOLUME_KIND_ALIASES`` below (one place; e.g. Brainfound's
+``meditk`` if that plugin wants this reader rather than its own).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from internvl.media.base import MediaError, MediaReader, register_media_reader
+from patches.neuro.cache import VolumeCache, prepared_volume
+from patches.neuro.preprocess import PreprocessConfig, VolumePreprocessor
+
+VOLUME_KIND_ALIASES: tuple[str, ...] = ()
+FMRI_KIND_ALIASES: tuple[str, ...] = ()
+_FIELDS = [f.name for f in fields(PreprocessConfig)]
+_REF_KEYS = {"path", "paths", "file", "series_uid"}
+
+
+def preprocess_config_for(vision_config, options: dict[str, Any] | None = None,
+                          overrides: dict[str, Any] | None = None) -> PreprocessConfig:
+    """Merge preprocessing parameters: encoder config attributes < its ``preprocess`` dict < options < ref."""
+    d: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name != "version" and hasattr(vision_config, name):
+            d[name] = getattr(vision_config, name)
+    d.update(getattr(vision_config, "preprocess", None) or {})
+    options = options or {}
+    d.update({k: options[k] for k in _FIELDS if k in options and k != "version"})
+    d.update(options.get("volume_preprocess") or {})
+    d.update(overrides or {})
+    return PreprocessConfig.from_dict(d)
+
+
+class VolumeReader(MediaReader):
+    kind = "volume"
+    ndim = 3
+
+    def __init__(self, config, options: dict[str, Any] | None = None):
+        super().__init__(config, options)
+        self.vision_config = config.vision_config
+        self.base = preprocess_config_for(self.vision_config, self.options)
+        self.append_mask = bool(getattr(self.vision_config, "append_foreground_mask", False))
+        want = getattr(self.vision_config, "in_channels", None)
+        if want is None:
+            raise ValueError(f"vision encoder {getattr(self.vision_config, 'encoder_name', '?')!r} declares no "
+                             f"in_channels; it does not read volumes (use brain3d_vit / neurovfm_tokens)")
+        have = VolumePreprocessor(self.base).out_channels
+        if have != int(want):
+            raise ValueError(f"preprocessing gives {have} channel(s) (modality={self.base.modality}, "
+                             f"window_mode={self.base.window_mode}, windows={self.base.window_names()}) but the "
+                             f"encoder expects in_channels={want}")
+        cache_dir = self.options.get("volume_cache_dir") or os.environ.get("NEURO_VOLUME_CACHE")
+        self.cache = VolumeCache(cache_dir) if cache_dir else None
+        pooling = getattr(self.vision_config, "study_pooling", "none") or "none"
+        self.study_mode = self.options.get("study_mode") or ("pool" if pooling != "none" else "concat")
+        if self.study_mode not in ("pool", "concat"):
+            raise ValueError(f"study_mode must be 'pool' or 'concat', got {self.study_mode!r}")
+        if self.study_mode == "pool" and pooling == "none":
+            raise ValueError("study_mode='pool' needs an encoder with study_pooling='grid' or 'bag'")
+
+    # --------------------------------------------------------------------------------------------- refs
+    def _series(self, ref: Any) -> tuple[list[tuple[str, str | None, PreprocessConfig]], bool]:
+        """(series list [(path, series_uid, config)], is_study)."""
+        if isinstance(ref, str):
+            return [(ref, None, self.base)], False
+        if isinstance(ref, (list, tuple)):
+            if not ref:
+                raise MediaError("empty study reference (an empty list of series)")
+            out = [s for r in ref for s in self._series(r)[0]]
+            return out, True
+        if isinstance(ref, dict):
+            extra = {k: v for k, v in ref.items() if k not in _REF_KEYS}
+            where = ref.get("path") or ref.get("file") or ref.get("paths")
+            try:
+                cfg = self.base.replace(**extra) if extra else self.base
+            except (TypeError, ValueError) as exc:
+                raise MediaError(f"{where}: bad preprocessing override {extra}: {exc}") from exc
+            if "paths" in ref:
+                subs = [self._series(p)[0][0] for p in ref["paths"]]
+                return [(p, uid, cfg) for p, uid, _ in subs], True
+            path = ref.get("path") or ref.get("file")
+            if not path:
+                raise MediaError(f"volume reference {ref} names no 'path'")
+            return [(path, ref.get("series_uid"), cfg)], cfg.window_mode == "series"
+        raise MediaError(f"unsupported volume reference {ref!r} (a path, a dict with 'path'/'paths', or a list)")
+
+    def _load_one(self, path: str, uid: str | None, cfg: PreprocessConfig, train: bool) -> list[torch.Tensor]:
+        pre = VolumePreprocessor(cfg)
+        prep = prepared_volume(path, pre, cache=self.cache, ndim=self.ndim, series_uid=uid)
+        item = pre.finalize(prep.array, train=train, where=path)
+        series = list(item) if cfg.window_mode == "series" and cfg.modality == "ct" else [item]
+        if self.append_mask:
+            if not prep.mask.any():
+                raise MediaError(f"{path}: no foreground voxels (mask empty); nothing for the encoder to read")
+            m = torch.from_numpy(prep.mask.astype(np.float32))
+            series = [torch.cat([s, m.expand(1, *s.shape[1:-3], *m.shape)], 0) for s in series]
+        return series
+
+    def load(self, ref: Any, *, is_train: bool = False) -> list[torch.Tensor]:
+        series, is_study = self._series(ref)
+        items = [it for p, uid, cfg in series for it in self._load_one(p, uid, cfg, is_train)]
+        if not is_study or self.study_mode == "concat":
+            return items
+        return [self._stack(items, series)]
+
+    def _stack(self, items: list[torch.Tensor], series) -> torch.Tensor:
+        names = [p for p, _, _ in series]
+        chans = {it.shape[0] for it in items}
+        if len(chans) > 1:
+            raise MediaError(f"study {names}: series have different channel counts {sorted(chans)}; "
+                             f"cannot pool them into one study")
+        shapes = {tuple(it.shape) for it in items}
+        if len(shapes) > 1:
+            if not self.append_mask:
+                raise MediaError(f"study {names}: series shapes differ {sorted(shapes)}; set volume_shape so "
+                                 f"they share one grid, or use study_mode='concat'")
+            # background-removing encoders: pad to the common shape with background (value 0, mask 0)
+            big = tuple(max(s) for s in zip(*shapes))
+            items = [torch.nn.functional.pad(it, [p for d in reversed(range(1, it.ndim))
+                                                  for p in (0, big[d] - it.shape[d])]) for it in items]
+        return torch.stack(items)
+
+    def check(self, ref: Any) -> None:
+        """Full read + validation + preprocessing (and cache fill): bad files fail here, before training."""
+        self.load(ref, is_train=False)
+
+
+class FmriReader(VolumeReader):
+    kind = "fmri"
+    ndim = 4
+
+    def _series(self, ref):
+        series, is_study = super()._series(ref)
+        if is_study:
+            raise MediaError(f"{ref}: multi-run fMRI studies are not supported; give one 4D run per reference")
+        return series, is_study
+
+
+register_media_reader("volume", aliases=VOLUME_KIND_ALIASES)(VolumeReader)
+register_media_reader("fmri", aliases=FMRI_KIND_ALIASES)(FmriReader)

@@ -1,0 +1,65 @@
+"""Every registered vision encoder meets the contract and round-trips with identical weights and logits,
+standalone (save_pretrained/from_pretrained) and inside an InternVL checkpoint."""
+import pytest
+import torch
+
+from helpers_model import TINY_QWEN2
+from internvl.media import token_count
+from internvl.model import VISION_MODELS, VisionEncoder, create_vision_model, encoder_class, list_vision_models
+from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+
+ENCODERS = list_vision_models()  # plugins included (entry points), the core's intern_vit always
+
+
+def tiny(name):
+    entry = VISION_MODELS.get(name)
+    overrides = getattr(entry, "tiny_overrides", None)
+    if overrides is None:
+        pytest.fail(f"vision model {name!r} declares no tiny_overrides (see the encoder contract)")
+    torch.manual_seed(0)
+    return create_vision_model(name, **overrides)
+
+
+def test_core_encoder_registered():
+    assert "intern_vit" in ENCODERS
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_contract_and_standalone_round_trip(name, tmp_path):
+    enc = tiny(name).eval()
+    assert isinstance(enc, VisionEncoder) and enc.config.encoder_name == VISION_MODELS.resolve(name)
+    item = encoder_class(enc.config).dummy_input(enc.config)
+    with torch.no_grad():
+        feats = enc(item.unsqueeze(0))
+    feats = feats[0] if isinstance(feats, (list, tuple)) else feats[0]
+    assert feats.shape[-1] == enc.config.hidden_size
+    assert feats.reshape(-1, feats.shape[-1]).shape[0] == encoder_class(enc.config).num_tokens(enc.config, item)
+    enc.save_pretrained(tmp_path)
+    again = type(enc).from_pretrained(tmp_path).eval()
+    a, b = enc.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_round_trip_inside_internvl_checkpoint(name, tmp_path):
+    enc = tiny(name)
+    projector = "mlp1" if name == "intern_vit" else "mlp"
+    config = InternVLChatConfig.build(vision=name, vision_overrides=enc.config.to_dict(), llm_config=dict(TINY_QWEN2),
+                                      projector=projector)
+    torch.manual_seed(1)
+    model = InternVLChatModel(config).eval()
+    model.img_context_token_id = 317
+    item = model.config.vision_encoder_class.dummy_input(model.config.vision_config)
+    if item.is_floating_point():
+        item = item + torch.randn_like(item) * 0.1
+    n = token_count(model.config, item)
+    ids = torch.tensor([[11, 12] + [317] * n + [13]])
+    model.save_pretrained(tmp_path)
+    loaded = InternVLChatModel.from_pretrained(tmp_path)
+    loaded.img_context_token_id = 317
+    assert type(loaded.vision_model) is type(model.vision_model)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=[item], input_ids=ids).logits,
+                           loaded(pixel_values=[item], input_ids=ids).logits)
