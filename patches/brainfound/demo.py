@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patches.brainfound.synthetic import REPORTS, synthetic_head
+from patches.brainfound.synthetic import synthetic_head, synthetic_report
 from patches.brainfound.weights import atomic_write_text
 
 DEFAULT_OUT = "data/demo_brainfound"
@@ -57,12 +57,6 @@ def build_stage1(out: Path, rng: np.random.Generator, n_ct: int = 16, n_mri: int
     return out / "manifest.jsonl"
 
 
-def _report(rng: np.random.Generator, label: str) -> str:
-    parts = REPORTS[label].split(" . ")
-    rng.shuffle(parts)
-    return " . ".join(p.strip(" .") for p in parts if p.strip(" .")) + " ."
-
-
 def build_stage2(out: Path, rng: np.random.Generator, n_train: int = 48, n_test: int = 24, depth: int = 8,
                  size: int = 48, classes=("normal", "hemorrhage")) -> tuple[Path, Path]:
     (out / "scans").mkdir(parents=True, exist_ok=True)
@@ -74,7 +68,7 @@ def build_stage2(out: Path, rng: np.random.Generator, n_train: int = 48, n_test:
             label = classes[i % len(classes)]
             name = f"scans/{split}_{i:03d}.npz"
             _save_npz(out / name, synthetic_head(rng, depth, size, label, "CT").astype(np.int16))
-            rows.append({"volume": name, "report": _report(rng, label), "label": label, "modality": "CT"})
+            rows.append({"volume": name, "report": synthetic_report(rng, label), "label": label, "modality": "CT"})
         _jsonl(out / f"{split}.jsonl", rows)
         paths.append(out / f"{split}.jsonl")
     return paths[0], paths[1]

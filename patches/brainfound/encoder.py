@@ -292,7 +292,7 @@ def _config_kwargs(preset: str | None, src, overrides: dict[str, Any]) -> dict[s
         if preset not in PRESETS:
             raise ValueError(f"unknown brainfound_unet preset {preset!r}; known: {sorted(PRESETS)}")
         base.update(PRESETS[preset])
-    if src is not None and src.kind == "encoder":
+    if src is not None and src.kind in ("encoder", "diffusers"):
         base.update(src.config_dict)
     base.update(overrides)
     return base

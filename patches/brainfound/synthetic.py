@@ -4,20 +4,27 @@
 ventricles, plus an optional lesion: ``hemorrhage`` (hyperdense blob), ``infarction`` (hypodense wedge),
 ``tumor`` (ring), ``fracture`` (a gap in the skull). CT volumes are in HU; MRI ones in arbitrary units with the
 contrast inverted for T2. Shapes, positions and sizes vary with the generator, so classes differ in content, not
-in a fixed pixel pattern.
+in a fixed pixel pattern. ``synthetic_report`` writes a matching short report.
 """
 from __future__ import annotations
 
 import numpy as np
 
 LESIONS = ("normal", "hemorrhage", "infarction", "fracture", "tumor")
-REPORTS = {
-    "normal": "normal brain . no abnormal density . midline centered .",
-    "hemorrhage": "hemorrhage . hyperdense bleeding in the parenchyma .",
-    "infarction": "infarction . hypodense ischemic area in the parenchyma .",
-    "fracture": "fracture . discontinuity of the skull bone .",
-    "tumor": "tumor . ring shaped mass in the parenchyma .",
+FINDINGS = {  # a few phrasings per class; a report = shuffled findings + "impression : <class> ." (Brainfound's
+    # stage-2 texts are the class sentence itself, so zero-shot prompts follow the impression wording)
+    "normal": ["no abnormal density", "midline centered", "ventricles normal in size"],
+    "hemorrhage": ["hyperdense bleeding in the parenchyma", "high density blood focus", "acute bleed"],
+    "infarction": ["hypodense ischemic area", "low density territory", "loss of grey white differentiation"],
+    "fracture": ["discontinuity of the skull bone", "skull break", "bony defect"],
+    "tumor": ["ring shaped mass", "space occupying lesion", "enhancing rim mass"],
 }
+
+
+def synthetic_report(rng: np.random.Generator, label: str) -> str:
+    found = [f for f in FINDINGS[label] if rng.random() < 0.7] or [FINDINGS[label][0]]
+    rng.shuffle(found)
+    return " . ".join(found) + f" . impression : {label} ."
 
 
 def synthetic_head(rng: np.random.Generator, depth: int = 8, size: int = 48, lesion: str = "normal",

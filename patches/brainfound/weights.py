@@ -64,12 +64,34 @@ def resolve_source(path: str | os.PathLike) -> WeightSource:
         if (cfg.get("encoder_name") or cfg.get("model_type")) == "brainfound_unet" and (p / ENCODER_WEIGHTS).is_file():
             return WeightSource("encoder", p, {k: v for k, v in cfg.items() if k not in _META})
         if cfg.get("_class_name") == "UNet2DConditionModel" and (p / DIFFUSERS_WEIGHTS).is_file():
-            return WeightSource("diffusers", p, cfg)
+            return WeightSource("diffusers", p, _encoder_fields_from_diffusers(p, cfg))
     for sub in ("vision_encoder", "unet"):
         if (p / sub).is_dir():
             return resolve_source(p / sub)
     raise ValueError(f"{p}: not a brainfound_unet encoder dir, a diffusers UNet dir, or a stage output dir "
                      f"(expected config.json + {ENCODER_WEIGHTS} or {DIFFUSERS_WEIGHTS}, or vision_encoder/ or unet/)")
+
+
+def _encoder_fields_from_diffusers(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``brainfound_unet`` config fields a stage-1 UNet dir determines (architecture, modality names/prompts)."""
+    if cfg.get("encoder_hid_dim_type") != "text_proj":
+        raise ValueError(f"{path}: UNet encoder_hid_dim_type is {cfg.get('encoder_hid_dim_type')!r}, "
+                         f"brainfound_unet needs 'text_proj'")
+    out = {"image_size": cfg["sample_size"], "in_channels": cfg["in_channels"],
+           "block_out_channels": cfg["block_out_channels"], "layers_per_block": cfg["layers_per_block"],
+           "down_block_types": cfg["down_block_types"], "up_block_types": cfg["up_block_types"],
+           "norm_num_groups": cfg["norm_num_groups"], "cross_attention_dim": cfg["cross_attention_dim"],
+           "attention_head_dim": cfg["attention_head_dim"], "encoder_hid_dim": cfg["encoder_hid_dim"]}
+    if (path / MODALITY_FILE).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / MODALITY_FILE), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "modalities" in meta:
+            out["modalities"] = json.loads(meta["modalities"])
+        if "prompts" in meta:
+            out["modality_prompts"] = json.loads(meta["prompts"])
+    return out
 
 
 def read_state_dict(src: WeightSource) -> dict[str, torch.Tensor]:

@@ -5,8 +5,9 @@ A JSONL row names its volumes under the ``volume`` (or ``fmri``) key; each refer
 * ``"sub-01/T1w.nii.gz"`` or a DICOM folder ``"sub-01/ct_dicom"``                      -> one item
 * ``{"path": "study/dicom", "series_uid": "1.2...", "modality": "ct"}``                  -> one item
   (any ``PreprocessConfig`` field may be overridden per reference; ``series_uid`` picks a series in a folder)
-* a study: ``["t1.nii.gz", "t2.nii.gz", "flair.nii.gz"]`` or ``{"paths": [...], "modality": "mri"}``, or one CT
-  split into its windows ``{"path": "ct.nii.gz", "modality": "ct", "window_mode": "series"}``:
+* a study: ``{"paths": ["t1.nii.gz", "t2.nii.gz", "flair.nii.gz"], "modality": "mri"}`` (or a list nested in the
+  row's list of references, ``"volume": [["t1...", "t2..."]]``: a row's top-level list is one reference per
+  placeholder), or one CT split into its windows ``{"path": "ct.nii.gz", "modality": "ct", "window_mode": "series"}``:
   - ``study_mode="pool"`` (default when the encoder has ``study_pooling`` != "none"): ONE item
     ``[S, C, D, H, W]`` that the encoder's attention-MIL pooler aggregates (NeuroVFM aggregate-then-classify);
   - ``study_mode="concat"``: S items in the one placeholder (the series' tokens side by side).
@@ -56,6 +57,11 @@ def preprocess_config_for(vision_config, options: dict[str, Any] | None = None,
     return PreprocessConfig.from_dict(d)
 
 
+def _splits_windows(cfg: PreprocessConfig) -> bool:
+    """A CT read whose windows become the series of a study (``window_mode="series"``)."""
+    return cfg.modality == "ct" and cfg.window_mode == "series"
+
+
 class VolumeReader(MediaReader):
     kind = "volume"
     ndim = 3
@@ -69,6 +75,7 @@ class VolumeReader(MediaReader):
         if want is None:
             raise ValueError(f"vision encoder {getattr(self.vision_config, 'encoder_name', '?')!r} declares no "
                              f"in_channels; it does not read volumes (use brain3d_vit / neurovfm_tokens)")
+        self.in_channels = int(want)
         have = VolumePreprocessor(self.base).out_channels
         if have != int(want):
             raise ValueError(f"preprocessing gives {have} channel(s) (modality={self.base.modality}, "
@@ -87,7 +94,7 @@ class VolumeReader(MediaReader):
     def _series(self, ref: Any) -> tuple[list[tuple[str, str | None, PreprocessConfig]], bool]:
         """(series list [(path, series_uid, config)], is_study)."""
         if isinstance(ref, str):
-            return [(ref, None, self.base)], False
+            return [(ref, None, self.base)], _splits_windows(self.base)
         if isinstance(ref, (list, tuple)):
             if not ref:
                 raise MediaError("empty study reference (an empty list of series)")
@@ -106,14 +113,17 @@ class VolumeReader(MediaReader):
             path = ref.get("path") or ref.get("file")
             if not path:
                 raise MediaError(f"volume reference {ref} names no 'path'")
-            return [(path, ref.get("series_uid"), cfg)], cfg.window_mode == "series"
+            return [(path, ref.get("series_uid"), cfg)], _splits_windows(cfg)
         raise MediaError(f"unsupported volume reference {ref!r} (a path, a dict with 'path'/'paths', or a list)")
 
     def _load_one(self, path: str, uid: str | None, cfg: PreprocessConfig, train: bool) -> list[torch.Tensor]:
         pre = VolumePreprocessor(cfg)
         prep = prepared_volume(path, pre, cache=self.cache, ndim=self.ndim, series_uid=uid)
         item = pre.finalize(prep.array, train=train, where=path)
-        series = list(item) if cfg.window_mode == "series" and cfg.modality == "ct" else [item]
+        series = list(item) if _splits_windows(cfg) else [item]
+        if series[0].shape[0] != self.in_channels:
+            raise MediaError(f"{path}: preprocessing {dict(modality=cfg.modality, window_mode=cfg.window_mode)} gives "
+                             f"{series[0].shape[0]} channel(s); the encoder reads {self.in_channels}")
         if self.append_mask:
             if not prep.mask.any():
                 raise MediaError(f"{path}: no foreground voxels (mask empty); nothing for the encoder to read")

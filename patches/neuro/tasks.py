@@ -4,12 +4,12 @@
 from the task option ``classes``, else the sample's ``classes``/``options`` field, else the references seen.
 The prediction is parsed to the class whose name (or an alias from ``synonyms``, e.g. ``{"female": ["F"]}``)
 occurs first as a whole word (longest name wins at the same position); none -> ``"<unparsed>"``, counted
-wrong. Metrics (sklearn): accuracy, balanced accuracy, macro-F1, the confusion matrix (PNG) and, when samples
+wrong. Score fields: ``ref_label``, ``pred_label``, ``correct``, ``parsed`` (the raw texts stay the evaluator's). Metrics (sklearn): accuracy, balanced accuracy, macro-F1, the confusion matrix (PNG) and, when samples
 carry per-class ``scores`` (``{"class": probability}``, e.g. from the evaluator's option likelihoods), AUROC
 (binary, or one-vs-rest macro).
 
 ``neuro_regression`` (e.g. brain age from T1): the first number in the prediction (an optional ``scale``
-divides it); metrics MAE, RMSE, Pearson r and Spearman rho (scipy) over the parsed samples, plus the number
+divides it; score fields ``ref_value``, ``pred_value``, ``abs_error``, ``parsed``); metrics MAE, RMSE, Pearson r and Spearman rho (scipy) over the parsed samples, plus the number
 unparsed (reported, never dropped silently) and a scatter plot.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -73,25 +74,39 @@ class TextClassificationTask(EvalTask):
                 raise ValueError(f"sample {sample.get('id', '?')}: reference {ref!r} names none of {classes}")
         else:  # no class list: exact normalised match of the answer text
             ref_label, pred_label = _norm(ref), _norm(prediction) or UNPARSED
-        rec = {"id": sample.get("id"), "reference": ref_label, "prediction": pred_label,
+        rec = {"id": sample.get("id"), "ref_label": ref_label, "pred_label": pred_label,
                "correct": pred_label == ref_label, "parsed": pred_label != UNPARSED}
         if isinstance(sample.get("scores"), dict):
             rec["scores"] = {str(k): float(v) for k, v in sample["scores"].items()}
         return rec
 
     def aggregate(self, records: list[dict], out_dir: str) -> dict:
-        from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+        from sklearn.metrics import confusion_matrix
 
         if not records:
             return {"n": 0}
-        y_true = [r["reference"] for r in records]
-        y_pred = [r["prediction"] for r in records]
+        y_true = [r["ref_label"] for r in records]
+        y_pred = [r["pred_label"] for r in records]
         labels = sorted(set(y_true))
-        out = {"n": len(records), "n_unparsed": sum(not r["parsed"] for r in records),
-               "accuracy": float(accuracy_score(y_true, y_pred)),
-               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-               "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-               "classes": labels}
+        with warnings.catch_warnings():  # "<unparsed>" predictions are not a true class; counted in n_unparsed
+            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+            out = self._metrics(y_true, y_pred, labels)
+        out["n"], out["n_unparsed"] = len(records), sum(not r["parsed"] for r in records)
+        out["auroc"] = _auroc(records, labels)
+        cm_labels = labels + ([UNPARSED] if out["n_unparsed"] else [])
+        cm = confusion_matrix(y_true, y_pred, labels=cm_labels)
+        out["confusion_matrix"] = {"labels": cm_labels, "matrix": cm.tolist()}
+        out["plots"] = [_plot_confusion(cm, cm_labels, os.path.join(out_dir, f"{self.name}_confusion.png"))]
+        return out
+
+    @staticmethod
+    def _metrics(y_true, y_pred, labels) -> dict:
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+        return {"accuracy": float(accuracy_score(y_true, y_pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+                "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+                "classes": labels}
         out["auroc"] = _auroc(records, labels)
         cm_labels = labels + ([UNPARSED] if out["n_unparsed"] else [])
         cm = confusion_matrix(y_true, y_pred, labels=cm_labels)
@@ -108,7 +123,7 @@ def _auroc(records: list[dict], labels: list[str]):
     missing = {lab for r in records for lab in labels if lab not in r["scores"]}
     if missing:
         raise ValueError(f"AUROC: scores lack class(es) {sorted(missing)}")
-    y = np.array([labels.index(r["reference"]) for r in records])
+    y = np.array([labels.index(r["ref_label"]) for r in records])
     s = np.array([[r["scores"][lab] for lab in labels] for r in records], dtype=float)
     if len(labels) == 2:
         return float(roc_auc_score(y, s[:, 1]))
@@ -153,9 +168,9 @@ class TextRegressionTask(EvalTask):
             raise ValueError(f"sample {sample.get('id', '?')}: reference {_reference(sample)!r} holds no number")
         pred = parse_number(prediction)
         scale = float(self.options.get("scale", 1.0))
-        rec = {"id": sample.get("id"), "reference": ref / scale, "prediction": None if pred is None else pred / scale,
+        rec = {"id": sample.get("id"), "ref_value": ref / scale, "pred_value": None if pred is None else pred / scale,
                "parsed": pred is not None}
-        rec["abs_error"] = None if pred is None else abs(rec["prediction"] - rec["reference"])
+        rec["abs_error"] = None if pred is None else abs(rec["pred_value"] - rec["ref_value"])
         return rec
 
     def aggregate(self, records: list[dict], out_dir: str) -> dict:
@@ -165,8 +180,8 @@ class TextRegressionTask(EvalTask):
         out = {"n": len(records), "n_unparsed": len(records) - len(ok)}
         if not ok:
             return out
-        y = np.array([r["reference"] for r in ok])
-        p = np.array([r["prediction"] for r in ok])
+        y = np.array([r["ref_value"] for r in ok])
+        p = np.array([r["pred_value"] for r in ok])
         out["mae"] = float(np.mean(np.abs(p - y)))
         out["rmse"] = float(math.sqrt(np.mean((p - y) ** 2)))
         const = len(ok) < 2 or np.ptp(y) == 0 or np.ptp(p) == 0

@@ -14,7 +14,7 @@
   224-px tiles, by ``extract.run`` (the same code as the CLI).
 * ``train.jsonl`` / ``test.jsonl`` (rows ``{"features": ..., "conversations": [...], "grade", "survival_months",
   "event", "task": "pathology_report"}``), ``test_wsi.jsonl`` (same test rows naming the slides: ``"wsi"``),
-  ``meta_train.json`` / ``meta_test.json`` / ``meta_test_wsi.json`` and ``risk_bins.json``. The answer is the report
+  ``meta_train.json`` / ``meta_test.json`` / ``meta_test_wsi.json``, ``risk_bins.json`` and ``build_info.json``. The answer is the report
   template of ``report.py`` with tertile risk bins from the training split.
 
     python -m patches.pathology.demo --out data/demo_pathology [--per-grade 24] [--seed 0]
@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from patches.pathology.report import RiskBins, write_report
 
+GENERATOR_VERSION = 1
 QUESTION = "Write the pathology report for this whole-slide image: tumour grade and survival risk."
 GRADE_TEXTURE = {1: (1.2, 0.10), 2: (2.2, 0.24), 3: (3.4, 0.40)}  # nucleus blob sigma (px at 0.5 µm/px), coverage
 MEAN_SURVIVAL = {1: 60.0, 2: 28.0, 3: 12.0}
@@ -116,7 +117,21 @@ def _write_json(path: str, obj) -> None:
 
 def build(out_dir: str, per_grade: int = 24, seed: int = 0, test_fraction: float = 1 / 3, size_um: float = 896.0,
           extract: bool = True, num_workers: int = 0, progress: bool = True) -> dict:
-    """Write the demo data set into ``out_dir`` (see module docstring); returns a summary dict."""
+    """Write the demo data set into ``out_dir`` (see module docstring); returns a summary dict.
+
+    ``build_info.json`` (written last) records every parameter; a rebuild with equal parameters is skipped, and an
+    interrupted build (no build_info.json) is redone, reusing finished feature files whose slides are unchanged.
+    """
+    params = {"generator_version": GENERATOR_VERSION, "per_grade": per_grade, "seed": seed,
+              "test_fraction": test_fraction, "size_um": size_um, "extract": extract}
+    info_path = os.path.join(out_dir, "build_info.json")
+    if os.path.exists(info_path):
+        with open(info_path) as fh:
+            info = json.load(fh)
+        if info.get("params") == params:
+            print(f"{out_dir}: up to date (same parameters)")
+            return info["summary"]
+        os.unlink(info_path)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     slides_dir = os.path.join(out_dir, "slides")
@@ -169,7 +184,7 @@ def build(out_dir: str, per_grade: int = 24, seed: int = 0, test_fraction: float
             entry["feature_cache"] = os.path.join(root, "features")
         _write_json(os.path.join(out_dir, f"meta_{part}.json"), {f"pathology_demo_{part}": entry})
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(os.path.join(out_dir, "demo_summary.json"), summary)
+    _write_json(info_path, {"params": params, "summary": summary})
     return summary
 
 

@@ -279,8 +279,13 @@ def build_tile_encoder(preset: str, weights: str | None = None, **overrides) -> 
     return model
 
 
+# the small same-code-path variant the core's encoder contract tests build (``tiny_overrides``); 96 keeps SwiGLU even
+_TINY = {"timm_kwargs": {"embed_dim": 96, "depth": 1, "num_heads": 2}}
+
 for _name in PRESETS:  # one registry entry per preset row, all the same class
-    register_vision_model(_name)(encoder_factory(TimmTileEncoder)(functools.partial(build_tile_encoder, _name)))
+    _factory = encoder_factory(TimmTileEncoder)(functools.partial(build_tile_encoder, _name))
+    _factory.tiny_overrides = _TINY
+    register_vision_model(_name)(_factory)
 
 
 def tile_encoder_names() -> list[str]:

@@ -87,3 +87,6 @@ class SlideFeatureEncoder(VisionEncoder):
 @encoder_factory(SlideFeatureEncoder)
 def slide_features(**overrides) -> SlideFeatureEncoder:
     return SlideFeatureEncoder(SlideFeaturesConfig(**overrides))
+
+
+slide_features.tiny_overrides = {"feature_dim": 32, "tile_encoder": None}

@@ -31,6 +31,15 @@ def c_index(months, risk, events) -> float:
     return float(concordance_index(np.asarray(months, float), -np.asarray(risk, float), np.asarray(events, bool)))
 
 
+def _quiet(metric, *args, **kwargs):
+    """sklearn warns that "unparsed" (-1) is a predicted class absent from y_true: intended, it counts as wrong."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return metric(*args, **kwargs)
+
+
 def _event(sample: dict) -> int:
     if "event" in sample:
         return int(sample["event"])
@@ -70,7 +79,7 @@ class TumourGradeTask(EvalTask):
         out = {
             "grade_n": int(len(rows)), "grade_n_unparsed": int((~parsed).sum()),
             "grade_accuracy": float(accuracy_score(y_true, y_pred)),
-            "grade_balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "grade_balanced_accuracy": float(_quiet(balanced_accuracy_score, y_true, y_pred)),
             "grade_macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
             "grade_qwk": (float(cohen_kappa_score(y_true[parsed], y_pred[parsed], weights="quadratic"))
                           if parsed.sum() > 1 and len(set(y_true[parsed]) | set(y_pred[parsed])) > 1 else None),

@@ -163,6 +163,16 @@ def test_meta_reader_options_reach_the_image_reader(tiny, tmp_path):
     assert cli.load(by_name["four"])[1] == [3] and cli.load(by_name["one"])[1] == [1]
 
 
+def test_unscorable_rows_fail_before_any_generation(tiny, tmp_path):
+    rows = [{"conversations": _turns("Say red.", "red")},
+            {"task": "mcq", "conversations": _turns("Which colour? (no options listed)", "A")}]
+    data = _jsonl(tmp_path / "u.jsonl", rows)
+    with pytest.raises(ValueError, match=r"u.jsonl:2: task .mcq. cannot score this row .*no options"):
+        _run(tiny, data, tmp_path / "u.json", model=_CrashingModel(tiny[1], crash_on=1))
+    with pytest.raises(KeyError, match="no_such_task_here"):
+        _run(tiny, data, tmp_path / "u.json", task="no_such_task_here", model=_CrashingModel(tiny[1], crash_on=1))
+
+
 def test_rows_the_training_dataset_rejects_are_rejected(tiny, demo, tmp_path):
     img = str(demo / "images/test/00000.png")
     rows = [{"image": [img, img], "conversations": _turns("two images, no placeholder", "x")},

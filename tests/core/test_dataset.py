@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from conftest import qa, write_image, write_jsonl, write_meta
+from core_data_helpers import qa, write_image, write_jsonl, write_meta
 from internvl.media import MEDIA_READERS, MediaReader, register_media_reader
 from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
 from internvl.model.vision.base import VISION_MODELS, VisionEncoder

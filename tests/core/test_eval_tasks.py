@@ -11,7 +11,8 @@ import pytest
 
 from internvl.evaluation import EVAL_TASKS, create_task, list_tasks, metrics, register_task
 from internvl.evaluation.base import EvalTask
-from internvl.evaluation.runner import aggregate, read_samples, score_records, split_row
+from internvl.evaluation.runner import aggregate, read_samples, score_records
+from internvl.evaluation.testset import split_row
 
 OPTS = {"A": "red", "B": "green", "C": "blue", "D": "yellow"}
 MCQ_Q = "<image>\nWhich colour is the shape?\nA. red\nB. green\nC. blue\nD. yellow\nAnswer with the option's letter."

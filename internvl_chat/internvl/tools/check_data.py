@@ -4,7 +4,8 @@ Each row goes through exactly what training does (``SupervisedDataset.build``: p
 media, match placeholders, tokenise with the template, fit ``max_seq_length``), without augmentation and
 without ``repeat_time`` (every line once). Prints a summary table per dataset (rows, ok, bad by reason, tokens
 min/mean/max, media items) and the first ``--show`` bad rows as ``file:line``. Exit status: 0 when every row is
-good, 1 when any row (or a dataset's annotation file) is bad, 2 when the template does not fit the tokenizer.
+good, 1 when any row (or a dataset's annotation file) is bad, 2 when the meta JSON is malformed or the
+template does not fit the tokenizer.
 
     python -m internvl.tools.check_data shell/data/my_meta.json --model pretrained/InternVL-tiny \\
         --max_seq_length 4096 --max_dynamic_patch 6
@@ -104,15 +105,20 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
-    from internvl.train.meta import load_meta
+    from internvl.train.meta import MetaError, load_meta
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     config = InternVLChatConfig.from_pretrained(args.model)
     options = {k: getattr(args, k) for k in ("dynamic_image_size", "use_thumbnail", "min_dynamic_patch",
                                              "max_dynamic_patch", "normalize_type") if getattr(args, k) is not None}
+    try:
+        specs = load_meta(args.meta_path)
+    except MetaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     reports = []
     try:
-        for spec in load_meta(args.meta_path):
+        for spec in specs:
             reports.append(check_dataset(spec, tokenizer, config, template_name=args.template,
                                          max_seq_length=args.max_seq_length, data_options=options,
                                          progress=not args.no_progress))

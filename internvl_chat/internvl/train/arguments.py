@@ -78,7 +78,8 @@ class DataTrainingArguments:
     meta_path: str | None = field(default=None, metadata={"help": "InternVL meta JSON listing the training JSONLs."})
     conv_style: str = field(default="internlm2-chat", metadata={"help": "Chat template; must match the checkpoint."})
     max_seq_length: int = field(default=8192, metadata={"help": "Longer samples are truncated (never an image span)."})
-    force_image_size: int = field(default=448, metadata={"help": "Tile size; must equal the checkpoint's."})
+    force_image_size: int | None = field(
+        default=None, metadata={"help": "Tile size; must equal the checkpoint's (default: the checkpoint's)."})
     down_sample_ratio: float = field(default=0.5, metadata={"help": "Pixel-shuffle ratio; must equal the checkpoint's."})
     pad2square: bool = field(default=False, metadata={"help": "Pad images to square (InternVL 1.x)."})
     dynamic_image_size: bool = field(default=False, metadata={"help": "Dynamic tiling of images."})
@@ -103,9 +104,9 @@ class DataTrainingArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    report_to: str | list[str] | None = field(default="tensorboard", metadata={"help": "Logging integrations."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Logging integrations."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every collated key (pixel_values...)."})
-    include_num_input_tokens_seen: str | bool = field(
+    include_num_input_tokens_seen: str = field(
         default="non_padding", metadata={"help": "Count tokens seen (for tokens/s): all | non_padding | no."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start from the model, ignoring checkpoints in output_dir (no auto-resume)."})

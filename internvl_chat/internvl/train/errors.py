@@ -27,11 +27,15 @@ REASONS = (MALFORMED_JSON, BAD_ROW, MISSING_FILE, UNREADABLE_MEDIA, PLACEHOLDER_
 class DataError(ValueError):
     """One bad sample. ``str(err)`` is ``"<sample_ref>: <message> [<reason>]"``."""
 
-    def __init__(self, sample_ref: str, reason: str, message: str):
+    def __init__(self, sample_ref: str, reason: str | None = None, message: str | None = None):
+        if reason is None and message is None:  # one pre-formatted message (a DataLoader worker re-raising)
+            self.sample_ref, self.reason, self.message = "", "unknown", sample_ref
+            super().__init__(sample_ref)
+            return
         self.sample_ref = sample_ref
-        self.reason = reason
-        self.message = message
-        super().__init__(f"{sample_ref}: {message} [{reason}]")
+        self.reason = reason or "unknown"
+        self.message = message or ""
+        super().__init__(f"{sample_ref}: {self.message} [{self.reason}]")
 
     def __reduce__(self):  # keep the fields when the error crosses a DataLoader worker boundary
         return (type(self), (self.sample_ref, self.reason, self.message))

@@ -35,10 +35,12 @@ see ``internvl.train.arguments``); bf16 is the launcher's choice (``--bf16 True`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 
 if __package__ in (None, ""):  # run as a script (torchrun .../internvl_chat_finetune.py): import `internvl` from
@@ -78,10 +80,34 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args, extra.plugins
 
 
+def slurm_to_torch_env(env=os.environ) -> bool:
+    """Under ``srun`` (``LAUNCHER=slurm``, as InternVL's srun scripts) every task is one process: give torch the
+    ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``MASTER_ADDR`` it expects from the SLURM variables. Returns whether
+    it did (not under torchrun, which sets ``RANK`` itself)."""
+    if env.get("LAUNCHER") != "slurm" or "SLURM_PROCID" not in env or "RANK" in env:
+        return False
+    env["RANK"] = env["SLURM_PROCID"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+    if "SLURM_NTASKS_PER_NODE" in env:
+        env["LOCAL_WORLD_SIZE"] = env["SLURM_NTASKS_PER_NODE"].split("(")[0]
+    if "MASTER_ADDR" not in env:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST")
+        if not nodes:
+            raise RuntimeError("LAUNCHER=slurm: no SLURM_NODELIST to take MASTER_ADDR from; set MASTER_ADDR")
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                               check=True, env=dict(env)).stdout.split()
+        env["MASTER_ADDR"] = hosts[0]
+    env.setdefault("MASTER_PORT", "29500")
+    return True
+
+
 def setup_logging(training_args) -> None:
+    """transformers at its usual level (``--log_level``/``--log_level_replica``); ours at INFO on the main process."""
     level = training_args.get_process_log_level()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)], level=level, force=True)
+    logging.getLogger("internvl").setLevel(min(level, logging.INFO) if training_args.should_log else level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()
 
@@ -200,6 +226,23 @@ def enable_gradient_checkpointing(model) -> None:
                        type(base).__name__)
 
 
+@contextlib.contextmanager
+def whole_model_per_process():
+    """Build the model unpartitioned in every process, also under ZeRO-3.
+
+    With a ZeRO-3 config transformers wraps every model construction in ``deepspeed.zero.Init`` (partitioned at
+    creation); our checkpoint loader fills plain tensors, so the model is built whole here and DeepSpeed partitions
+    it when the Trainer initialises the engine. The cost is one full fp32 copy per process while loading."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
+
+
 # ------------------------------------------------------------------------------------------------ data
 def build_train_dataset(tokenizer, model, data_args, training_args):
     from internvl.train.dataset import build_datasets
@@ -220,6 +263,7 @@ def build_train_dataset(tokenizer, model, data_args, training_args):
 
 # ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> None:
+    slurm_to_torch_env()
     model_args, data_args, training_args, plugins = parse_args(argv)
     setup_logging(training_args)
     load_plugins(plugins)
@@ -234,12 +278,13 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args, data_args)
-    model = load_model(model_args, data_args, training_args)
-    add_special_tokens(tokenizer, model)
-    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    if model_args.grad_checkpoint:
-        enable_gradient_checkpointing(model)
-    configure_trainable(model, model_args)
+    with whole_model_per_process():
+        model = load_model(model_args, data_args, training_args)
+        add_special_tokens(tokenizer, model)
+        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        if model_args.grad_checkpoint:
+            enable_gradient_checkpointing(model)
+        configure_trainable(model, model_args)
     summary = trainable_summary(model)
     logger.info(format_summary(summary))
     if not any(t for t, _ in summary.values()):

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from patches.neuro.encoders.common import config_kwargs_with_preset
 from patches.neuro.mil import GatedAttentionMIL
 
 
@@ -126,6 +127,11 @@ class Brain3DViT(VisionEncoder):
     @classmethod
     def _item_ndim(cls, config) -> int:
         return 5 if config.is_4d else 4
+
+    @classmethod
+    def config_kwargs_from_dict(cls, cfg: dict) -> dict:
+        """Constructor kwargs for a saved/partial config dict: the registered preset, then the dict's values."""
+        return config_kwargs_with_preset(cfg, PRESETS)
 
     @classmethod
     def num_tokens(cls, config: Brain3DViTConfig, item: torch.Tensor) -> int:

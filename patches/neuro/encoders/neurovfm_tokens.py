@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from patches.neuro.encoders.common import config_kwargs_with_preset
 from patches.neuro.mil import GatedAttentionMIL
 
 
@@ -135,6 +136,11 @@ class NeuroVFMTokens(VisionEncoder):
         self.mil = GatedAttentionMIL(c.hidden_size, c.mil_hidden, c.mil_heads, "bag") if c.study_pooling == "bag" else None
         self.gradient_checkpointing = False
         self.post_init()
+
+    @classmethod
+    def config_kwargs_from_dict(cls, cfg: dict) -> dict:
+        """Constructor kwargs for a saved/partial config dict: the registered preset, then the dict's values."""
+        return config_kwargs_with_preset(cfg, PRESETS)
 
     @classmethod
     def num_tokens(cls, config: NeuroVFMTokensConfig, item: torch.Tensor) -> int:

@@ -1,0 +1,24 @@
+# InternVL-Med. Two user-facing commands:
+#   make demo   fresh machine with only Python: create .venv, build the tiny model and the demo data, evaluate,
+#               finetune (CPU or GPU), evaluate again, chat once; prints the accuracies and timings
+#   make test   create .venv if needed and run the test suite (pytest tests/)
+# `make venv` only creates/updates the environment (python3 -m venv .venv; pip install -e '.[dev]').
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+demo: venv
+	PYTHON=$(PY) sh shell/demo/run_demo.sh
+
+test: venv
+	$(PY) -m pytest tests/ $(PYTEST_ARGS)

@@ -1,0 +1,189 @@
+"""Brainfound stage 2: contrastive scan-report pretraining with momentum encoders and queues.
+
+    accelerate launch -m patches.brainfound.pretrain_clip --config patches/brainfound/configs/clip.yaml
+    torchrun --nproc_per_node 2 -m patches.brainfound.pretrain_clip --config ...        # also works
+    python -m patches.brainfound.pretrain_clip --config patches/brainfound/configs/tiny_clip.yaml    # CPU
+
+Model: ``patches.brainfound.clip_model.BrainfoundCLIP`` on a ``brainfound_unet`` encoder initialised from
+``model.init_from`` (a stage-1 output dir: its ``unet/``; or a saved encoder / state-dict file; null = random)
+and a text encoder (``text.text_model``: a local BERT-like dir, or "tiny", built from the training reports).
+Data: scan JSONL (see ``datasets.ScanDataset``); slices windowed / scaled as stage 3 will see them, with
+Brainfound's stage-2 augmentations (scale-crop, flips, small rotation, gamma) shared by all slices of a scan.
+
+Outputs in ``train.output_dir``: resumable ``checkpoints/``, ``loss.csv`` / ``loss.png`` and, at the end,
+``vision_encoder/`` (the trained ``brainfound_unet``, ``save_pretrained``: what stage 3 loads with
+``--vision_overrides '{"pretrained_path": ".../vision_encoder"}'``), ``text_model/``, ``clip_heads.safetensors``
+and ``clip_config.json`` (what ``zero_shot`` loads). With ``eval.test_jsonl`` and ``eval.classes`` set, the run
+ends with a zero-shot evaluation written to ``zero_shot/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from patches.brainfound.clip_model import BrainfoundCLIP, ClipConfig
+from patches.brainfound.datasets import ScanDataset, collate_scans, read_jsonl
+from patches.brainfound.encoder import brainfound_unet
+from patches.brainfound.preprocess import SliceAugment
+from patches.brainfound.train_utils import (EpochSampler, find_resume, load_checkpoint, load_config,
+                                            make_accelerator, save_checkpoint, setup_logging, stage_parser,
+                                            write_loss_log)
+from patches.brainfound.weights import atomic_dir, atomic_save_safetensors, atomic_write_text
+
+logger = logging.getLogger("brainfound.clip")
+
+DEFAULTS = {
+    "model": {"preset": "full", "init_from": None, "overrides": {}},
+    "clip": ClipConfig().to_dict(),
+    "text": {"text_model": "tiny", "tiny_hidden_size": 256, "tiny_layers": 4, "tiny_heads": 4},
+    "data": {"train_jsonl": None, "augment": True, "npz_key": None, "array_layout": "DHW"},
+    "eval": {"test_jsonl": None, "classes": None, "templates": None},
+    "train": {"output_dir": "work_dirs/brainfound/stage2", "batch_size": 8, "lr": 1e-4, "text_lr": 1e-5,
+              "weight_decay": 0.05, "lr_scheduler": "cosine", "warmup_steps": 1000, "max_steps": 50000,
+              "grad_clip": 3.0, "save_steps": 2000, "save_total_limit": 2, "log_steps": 20, "seed": 0,
+              "num_workers": 4, "mixed_precision": "auto"},
+}
+
+
+def build_model(cfg: dict, out: Path, is_main: bool, acc) -> tuple[BrainfoundCLIP, object]:
+    from patches.brainfound.text import load_text_model, resolve_text_model
+
+    m, t = cfg["model"], cfg["text"]
+    vision = brainfound_unet(pretrained_path=m.get("init_from"), preset=m.get("preset"),
+                             **{**(m.get("overrides") or {}), "down_path_only": True})
+
+    def corpus():
+        return [next((r[k] for k in ScanDataset.TEXT_KEYS if k in r), "")
+                for _, r in read_jsonl(cfg["data"]["train_jsonl"])]
+
+    def text_path():
+        return resolve_text_model(t["text_model"], out, corpus, hidden_size=int(t["tiny_hidden_size"]),
+                                  num_layers=int(t["tiny_layers"]), num_heads=int(t["tiny_heads"]),
+                                  max_length=int(cfg["clip"]["text_max_length"]))
+
+    if is_main:  # build the tiny text model once, before other ranks look for it
+        path = text_path()
+    acc.wait_for_everyone()
+    if not is_main:
+        path = text_path()
+    tok, text_model = load_text_model(path)
+    return BrainfoundCLIP(vision, text_model, ClipConfig(**cfg["clip"])), tok
+
+
+def export(model: BrainfoundCLIP, tok, cfg: dict, out: Path) -> None:
+    with atomic_dir(out / "vision_encoder") as tmp:
+        model.vision.save_pretrained(tmp)
+    with atomic_dir(out / "text_model") as tmp:
+        model.text.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    atomic_save_safetensors(model.head_state(), out / "clip_heads.safetensors")
+    atomic_write_text(out / "clip_config.json", json.dumps({"clip": cfg["clip"], "data": cfg["data"]}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from diffusers.optimization import get_scheduler
+
+    args = stage_parser("Brainfound stage 2: contrastive vision-language pretraining").parse_args(argv)
+    cfg = load_config(args.config, args.set, DEFAULTS)
+    tr, data = cfg["train"], cfg["data"]
+    if not data.get("train_jsonl"):
+        raise ValueError("data.train_jsonl is required")
+    out = Path(args.output_dir or tr["output_dir"]).resolve()
+    acc = make_accelerator(tr["mixed_precision"])
+    setup_logging(acc.is_main_process)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(tr["seed"]))
+    model, tok = build_model(cfg, out, acc.is_main_process, acc)
+    vc = model.vision.config
+    if vc.num_slices <= 0 or vc.num_slices > model.cfg.max_slices:
+        raise ValueError(f"num_slices={vc.num_slices} must be in 1..clip.max_slices={model.cfg.max_slices}")
+    augment = SliceAugment(size=vc.image_size, rot90=False, rotate_rad=0.2, gamma_prob=0.1) if data["augment"] \
+        else None
+    ds = ScanDataset(str(Path(data["train_jsonl"]).resolve()), modalities=vc.modalities, default_modality=vc.modality,
+                     num_slices=vc.num_slices, image_size=vc.image_size, slice_select=vc.slice_select,
+                     ct_window=vc.ct_window, augment=augment, seed=int(tr["seed"]), npz_key=data["npz_key"],
+                     array_layout=data["array_layout"])
+    sampler = EpochSampler(len(ds), int(tr["batch_size"]), int(tr["seed"]), acc.process_index, acc.num_processes)
+    loader = DataLoader(ds, batch_size=int(tr["batch_size"]), sampler=sampler, drop_last=True,
+                        num_workers=int(tr["num_workers"]), collate_fn=collate_scans)
+
+    text_params = [p for p in model.text.parameters() if p.requires_grad]
+    text_ids = {id(p) for p in text_params}
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in text_ids]
+    opt = torch.optim.AdamW([{"params": other, "lr": float(tr["lr"])},
+                             {"params": text_params, "lr": float(tr["text_lr"])}],
+                            weight_decay=float(tr["weight_decay"]))
+    lr_sched = get_scheduler(tr["lr_scheduler"], optimizer=opt, num_warmup_steps=int(tr["warmup_steps"]),
+                             num_training_steps=int(tr["max_steps"]))
+    arch = {"vision": {k: v for k, v in vc.to_dict().items() if k not in ("transformers_version", "dtype")},
+            "clip": cfg["clip"], "text": model.text.config.to_dict().get("hidden_size")}
+
+    step, history = 0, []
+    resume = find_resume(args.resume, str(out))
+    if resume is not None:
+        tensors, state = load_checkpoint(resume, opt, lr_sched, acc.process_index, arch)
+        model.load_state_dict(tensors, strict=True)
+        step, history = int(state["step"]), state["history"]
+        logger.info("resumed from %s at step %d", resume, step)
+    model, opt = acc.prepare(model, opt)
+    raw = acc.unwrap_model(model)
+    max_steps, per_epoch = int(tr["max_steps"]), sampler.batches_per_epoch
+    bar = tqdm(total=max_steps, initial=step, disable=not acc.is_main_process, desc="clip")
+    run = {"loss": 0.0, "itc_acc": 0.0, "n": 0}
+    model.train()
+    while step < max_steps:
+        epoch, skip = divmod(step, per_epoch)
+        ds.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip)
+        for batch in loader:
+            enc = tok(batch["text"], padding=True, truncation=True, max_length=int(cfg["clip"]["text_max_length"]),
+                      return_tensors="pt")
+            with acc.autocast():
+                res = model(batch["pixel_values"].to(acc.device), batch["modality"].to(acc.device),
+                            enc["input_ids"].to(acc.device), enc["attention_mask"].to(acc.device),
+                            gather=acc.gather, rank=acc.process_index)
+            acc.backward(res["loss"])
+            if tr["grad_clip"]:
+                acc.clip_grad_norm_(model.parameters(), float(tr["grad_clip"]))
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            run["loss"] += float(acc.gather(res["loss"].detach()).mean())
+            run["itc_acc"] += float(acc.gather(res["itc_acc"]).mean())
+            run["n"] += 1
+            if step % int(tr["log_steps"]) == 0 or step == max_steps:
+                history.append([step, run["loss"] / run["n"], run["itc_acc"] / run["n"]])
+                bar.set_postfix(loss=f"{history[-1][1]:.4f}", acc=f"{history[-1][2]:.2f}")
+                run = {"loss": 0.0, "itc_acc": 0.0, "n": 0}
+                if acc.is_main_process:
+                    write_loss_log(out, history, "Brainfound stage 2 (ITC)", ("step", "loss", "itc_acc"))
+            if step % int(tr["save_steps"]) == 0 or step == max_steps:
+                save_checkpoint(acc, out, step, raw.state_dict(), opt, lr_sched,
+                                {"history": history, "epoch": epoch, "arch": arch}, int(tr["save_total_limit"]))
+            if step >= max_steps:
+                break
+    bar.close()
+    result = {"output_dir": str(out), "history": history, "steps": step}
+    if acc.is_main_process:
+        export(raw, tok, cfg, out)
+        ev = cfg["eval"]
+        if ev.get("test_jsonl") and ev.get("classes"):
+            from patches.brainfound.zero_shot import evaluate, load_clip
+
+            zs_model, zs_tok = load_clip(out)
+            classes = ev["classes"] if isinstance(ev["classes"], list) else ev["classes"].split(",")
+            result["zero_shot"] = evaluate(zs_model, zs_tok, str(Path(ev["test_jsonl"]).resolve()), classes,
+                                           ev.get("templates"), out / "zero_shot")
+    acc.wait_for_everyone()
+    return result
+
+
+if __name__ == "__main__":
+    main()

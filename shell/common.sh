@@ -1,0 +1,134 @@
+# shell/common.sh: the launcher logic every script under shell/ shares. POSIX sh (users run `sh shell/.../x.sh`).
+#
+# A launcher sets its defaults, sources this file by a path relative to itself, and calls internvl_finetune with
+# its own flags followed by the user's ("$@", so the user's win: the last occurrence of a flag counts):
+#
+#   GPUS=${GPUS:-8}; BATCH_SIZE=${BATCH_SIZE:-128}; PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
+#   OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/my_run}
+#   . "$(dirname "$0")/../common.sh"          # from shell/<area>/x.sh; ../../common.sh one level deeper
+#   internvl_finetune --model_name_or_path pretrained/X --meta_path data/meta.json --conv_style internvl2_5 "$@"
+#
+# internvl_finetune adds, before the launcher's flags: --output_dir, --per_device_train_batch_size,
+# --gradient_accumulation_steps and --bf16 (True on GPUs, False on CPU). Launchers must not set those four.
+#
+# Environment (all optional):
+#   GPUS                    processes per node: GPUs, or CPU processes on a machine without CUDA (default 1)
+#   BATCH_SIZE              global batch size (default PER_DEVICE_BATCH_SIZE * GPUS * NNODES)
+#   PER_DEVICE_BATCH_SIZE   micro batch per process (default 1)
+#                           GRADIENT_ACC = BATCH_SIZE / PER_DEVICE_BATCH_SIZE / (GPUS * NNODES)
+#   OUTPUT_DIR              checkpoints, tensorboard runs/, training_log.txt and the final model
+#   MASTER_PORT, MASTER_ADDR (127.0.0.1), NNODES (1), NODE_RANK (0)   torchrun rendezvous; on one node without
+#                           MASTER_PORT torchrun --standalone picks a free port, otherwise MASTER_PORT defaults
+#                           to InternVL's 34229
+#   PYTHON                  interpreter (default: .venv/bin/python when present, else python3)
+#   LAUNCHER                torchrun (default) or slurm: srun -p $PARTITION --gres=gpu:$GPUS_PER_NODE
+#                           --nodes=$NODES --ntasks=$GPUS ... (GPUS is then the total task count; QUOTA_TYPE,
+#                           CPUS_PER_TASK, SRUN_ARGS as in InternVL's srun scripts). The finetune script maps
+#                           SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS to torch's RANK/LOCAL_RANK/WORLD_SIZE.
+#   DRY_RUN=1               print the command (one argument per line) instead of running it
+#
+# On a machine without CUDA the same scripts run on CPU: torch.distributed over gloo, fp32, DeepSpeed (when a
+# --deepspeed config is passed) with its CPU accelerator (DS_ACCELERATOR=cpu) and torch's AdamW, and one
+# intra-op thread per process unless OMP_NUM_THREADS is set: on a busy 2-core machine two threads made the tiny
+# demo's steps ~10x slower (20 steps: 100.8 s with 2 threads, 9.7 s with 1), and its matrices are too small to
+# gain from more.
+# Re-running a launcher with the same OUTPUT_DIR resumes from its last complete checkpoint; pass
+# --overwrite_output_dir True to start over.
+
+internvl_die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+internvl_is_uint() {
+    case "$1" in
+        '' | *[!0-9]*) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
+# repository root: the nearest folder above the launcher that holds shell/common.sh
+INTERNVL_ROOT=$(cd "$(dirname "$0")" && pwd)
+while [ "$INTERNVL_ROOT" != / ] && [ ! -f "$INTERNVL_ROOT/shell/common.sh" ]; do
+    INTERNVL_ROOT=$(dirname "$INTERNVL_ROOT")
+done
+[ -f "$INTERNVL_ROOT/shell/common.sh" ] || internvl_die "cannot find the repository root above $0"
+cd "$INTERNVL_ROOT" || internvl_die "cannot cd to $INTERNVL_ROOT"
+
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+INTERNVL_ENTRY=internvl_chat/internvl/train/internvl_chat_finetune.py
+
+GPUS=${GPUS:-1}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+if [ -z "${MASTER_PORT:-}" ] && [ "$NNODES" = 1 ]; then INTERNVL_STANDALONE=1; fi
+MASTER_PORT=${MASTER_PORT:-34229}
+PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-1}
+LAUNCHER=${LAUNCHER:-torchrun}
+for _v in GPUS NNODES NODE_RANK MASTER_PORT PER_DEVICE_BATCH_SIZE; do
+    eval "_x=\$$_v"
+    internvl_is_uint "$_x" || internvl_die "$_v must be a whole number, got '$_x'"
+done
+[ "$GPUS" -ge 1 ] || internvl_die "GPUS must be >= 1"
+[ "$PER_DEVICE_BATCH_SIZE" -ge 1 ] || internvl_die "PER_DEVICE_BATCH_SIZE must be >= 1"
+
+if [ "$LAUNCHER" = slurm ]; then WORLD=$GPUS; else WORLD=$((GPUS * NNODES)); fi
+BATCH_SIZE=${BATCH_SIZE:-$((PER_DEVICE_BATCH_SIZE * WORLD))}
+internvl_is_uint "$BATCH_SIZE" || internvl_die "BATCH_SIZE must be a whole number, got '$BATCH_SIZE'"
+GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / WORLD))
+[ "$GRADIENT_ACC" -ge 1 ] || internvl_die "BATCH_SIZE=$BATCH_SIZE is smaller than PER_DEVICE_BATCH_SIZE=$PER_DEVICE_BATCH_SIZE x $WORLD processes"
+if [ $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD)) -ne "$BATCH_SIZE" ]; then
+    echo "warning: BATCH_SIZE=$BATCH_SIZE is not a multiple of PER_DEVICE_BATCH_SIZE x processes;" \
+        "the global batch is $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD))" >&2
+fi
+
+export PYTHONPATH="$INTERNVL_ROOT/internvl_chat${PYTHONPATH:+:$PYTHONPATH}"
+export MASTER_PORT LAUNCHER TF_CPP_MIN_LOG_LEVEL=3 TOKENIZERS_PARALLELISM=false
+
+INTERNVL_CUDA=${INTERNVL_CUDA:-$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')} ||
+    internvl_die "$PYTHON cannot import torch (create the environment with: make venv)"
+if [ "$INTERNVL_CUDA" = True ]; then
+    INTERNVL_BF16=True
+else
+    INTERNVL_BF16=False
+    export DS_ACCELERATOR=cpu
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
+
+internvl_finetune() {
+    set -- --output_dir "$OUTPUT_DIR" --per_device_train_batch_size "$PER_DEVICE_BATCH_SIZE" \
+        --gradient_accumulation_steps "$GRADIENT_ACC" --bf16 "$INTERNVL_BF16" "$@"
+    if [ "$LAUNCHER" = slurm ]; then
+        for _v in PARTITION GPUS_PER_NODE; do
+            eval "_x=\${$_v:-}"
+            [ -n "$_x" ] || internvl_die "LAUNCHER=slurm needs $_v"
+        done
+        NODES=${NODES:-$((GPUS / GPUS_PER_NODE))}
+        # shellcheck disable=SC2086  # SRUN_ARGS is a list of words on purpose
+        set -- srun -p "$PARTITION" --job-name="${JOB_NAME:-internvl}" --gres="gpu:$GPUS_PER_NODE" --nodes="$NODES" \
+            --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-10}" \
+            --kill-on-bad-exit=1 ${QUOTA_TYPE:+--quotatype="$QUOTA_TYPE"} ${SRUN_ARGS:-} \
+            "$PYTHON" -u "$INTERNVL_ENTRY" "$@"
+    elif [ -n "${INTERNVL_STANDALONE:-}" ]; then  # one node, no MASTER_PORT given: torchrun picks a free port
+        set -- "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" "$INTERNVL_ENTRY" "$@"
+    else
+        set -- "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
+            --master_addr="$MASTER_ADDR" --nproc_per_node="$GPUS" --master_port="$MASTER_PORT" "$INTERNVL_ENTRY" "$@"
+    fi
+    if [ -n "${DRY_RUN:-}" ]; then
+        printf '%s\n' "$@"
+        return 0
+    fi
+    mkdir -p "$OUTPUT_DIR" || internvl_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
+    echo "InternVL finetune: $WORLD process(es), per-device batch $PER_DEVICE_BATCH_SIZE, gradient accumulation" \
+        "$GRADIENT_ACC, global batch $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD)), CUDA $INTERNVL_CUDA," \
+        "bf16 $INTERNVL_BF16, output $OUTPUT_DIR" | tee -a "$OUTPUT_DIR/training_log.txt"
+    _status=$(mktemp)
+    { "$@" 2>&1; echo $? >"$_status"; } | tee -a "$OUTPUT_DIR/training_log.txt"
+    _rc=$(cat "$_status")
+    rm -f "$_status"
+    return "$_rc"
+}
