@@ -7,3 +7,4 @@ patches.brainfound.{pretrain_ddpm,generate,pretrain_clip,zero_shot,demo}``.
 """
 from patches.brainfound import encoder  # noqa: F401  (registers brainfound_unet)
 from patches.brainfound import reader  # noqa: F401  (registers the meditk media kind)
+from patches.brainfound import tasks  # noqa: F401  (registers the brainfound_mcq eval task)

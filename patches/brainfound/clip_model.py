@@ -82,7 +82,7 @@ class BrainfoundCLIP(nn.Module):
         self.fusion = SliceFusion(width, cfg.fusion_layers, cfg.fusion_heads, cfg.max_slices)
         self.vision_proj = _mlp(width, cfg.embed_dim, batch_norm=True)
         self.text = text_model
-        self.text_proj = _mlp(t_width, cfg.embed_dim)
+        self.text_proj = _mlp(t_width, cfg.embed_dim, batch_norm=True)
         self.temp = nn.Parameter(torch.tensor(float(cfg.temperature)))
         self.pairs = ["vision", "fusion", "vision_proj", "text", "text_proj"]
         if not with_momentum:  # inference (zero-shot): online encoders only

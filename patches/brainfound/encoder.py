@@ -190,6 +190,12 @@ class BrainfoundUNetEncoder(VisionEncoder):
     def lora_target_modules(self) -> list[str]:
         return list(self.config.lora_targets)
 
+    @property
+    def lora_modules_to_save(self) -> list[str]:
+        """Modules that should train in full under backbone LoRA (peft ``modules_to_save``): the feature head,
+        which stage 3 adds (only its first conv was trained in stage 2)."""
+        return ["head"]
+
     # ----------------------------------------------------------------- features
     def modality_index(self, modality: str | None = None) -> int:
         name = modality or self.config.modality

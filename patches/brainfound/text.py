@@ -4,8 +4,8 @@
 tokenizer, e.g. a downloaded Chinese BERT; loaded with ``local_files_only=True``, never ``trust_remote_code``) or
 ``"tiny"``: a small randomly initialised ``BertModel`` plus a WordPiece tokenizer trained with ``tokenizers`` on
 the run's own text (reports, prompts), built here without any hub access. The tiny model is saved into the run
-directory (``save_pretrained``, safetensors) so zero-shot evaluation and resumed runs use exactly the same one;
-it is rebuilt only when that directory is missing.
+directory as ``text_model_init-<hash>`` (``save_pretrained``, safetensors; the hash covers the corpus and every
+size parameter), so resumed runs reuse exactly the same one and a changed corpus or size builds a new one.
 """
 from __future__ import annotations
 
@@ -67,11 +67,16 @@ def resolve_text_model(spec: str, run_dir: str | os.PathLike, corpus_fn, **tiny_
             raise FileNotFoundError(f"text_model {spec!r}: not a local model directory (no config.json); "
                                     f"use 'tiny' or a downloaded encoder directory")
         return path
-    out = Path(run_dir) / "text_model_init"
+    import hashlib
+    import json
+
+    corpus = list(corpus_fn())
+    key = hashlib.sha256(json.dumps([corpus, sorted(tiny_kwargs.items())]).encode()).hexdigest()[:12]
+    out = Path(run_dir) / f"text_model_init-{key}"  # keyed by the corpus and every size parameter
     if (out / "config.json").is_file():
         return out
     logger.info("building a tiny random BERT + WordPiece tokenizer in %s", out)
-    return build_tiny_text_model(corpus_fn(), out, **tiny_kwargs)
+    return build_tiny_text_model(corpus, out, **tiny_kwargs)
 
 
 def load_text_model(path: str | os.PathLike):

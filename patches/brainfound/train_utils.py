@@ -3,7 +3,8 @@
 * Configs are YAML (``--config``), deep-merged over the stage's defaults, with ``--set a.b=value`` overrides
   (values parsed as YAML).
 * ``make_accelerator``: ``mixed_precision: auto`` is bf16 on a GPU that supports it, fp16 on other GPUs, off on CPU.
-  Launch with ``accelerate launch`` or ``torchrun``; a plain ``python -m`` run is one process.
+  Launch with ``torchrun`` or ``accelerate launch`` (several CPU processes use gloo); a plain ``python -m`` run is
+  one process.
 * Checkpoints: ``<out>/checkpoints/step_XXXXXX/`` holds ``model.safetensors`` (everything the stage needs to
   continue: trainable and momentum weights, queues), ``optimizer.pt`` + ``lr_scheduler.pt`` (``torch.save``; read
   back with ``weights_only=True``), ``rng_rank{r}.pt`` (each rank's torch RNG states) and ``state.json`` (step,
@@ -86,7 +87,9 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1):
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    # without CUDA accelerate sets up a multi-process (gloo) group only when told it runs on CPU
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def setup_logging(is_main: bool) -> None:

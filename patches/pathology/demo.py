@@ -8,14 +8,16 @@
   resolution tags only). Both are read at 0.5 µm/px by the same code (40x slides through a resize).
 * Texture: pink stroma with purple "nuclei" on a grey background; the grade sets nuclear size and density
   (G1 small and sparse ... G3 large and crowded), with per-slide stain jitter and a random tissue outline.
-* ``clinical.csv``: slide, grade, survival_months, event, censorship, split. Survival is exponential with a mean
-  of 60 / 28 / 12 months for G1 / G2 / G3 and uniform censoring, so grade predicts risk but not exactly.
+* ``clinical.csv``: slide, grade, survival_months, event, censorship, split (grade-stratified, 1/3 test).
+  Survival is Weibull (shape 2) with scale 60 / 28 / 12 months for G1 / G2 / G3, censored uniformly between 12
+  and 96 months, so grade predicts risk but not exactly (the true grade itself reaches a C-index of ~0.76).
 * ``features/``: tile features from ``virchow2_tiny`` (the Virchow-2 code path, random init seed 0) at 0.5 µm/px,
   224-px tiles, by ``extract.run`` (the same code as the CLI).
-* ``train.jsonl`` / ``test.jsonl`` (rows ``{"features": ..., "conversations": [...], "grade", "survival_months",
-  "event", "task": "pathology_report"}``), ``test_wsi.jsonl`` (same test rows naming the slides: ``"wsi"``),
-  ``meta_train.json`` / ``meta_test.json`` / ``meta_test_wsi.json``, ``risk_bins.json`` and ``build_info.json``. The answer is the report
-  template of ``report.py`` with tertile risk bins from the training split.
+* the JSONL/meta files of ``make_dataset.write_dataset`` (the same code a user runs on a real CSV):
+  ``train.jsonl`` / ``test.jsonl`` (rows ``{"features": ..., "conversations": [...], "grade", "survival_months",
+  "event", "task": "pathology_report"}``), ``test_wsi.jsonl`` (the test rows naming the slides: ``"wsi"``),
+  ``meta_train.json`` / ``meta_test.json`` / ``meta_test_wsi.json``, ``risk_bins.json``; the answer is the report
+  template of ``report.py`` with tertile risk bins from the training split. ``build_info.json`` comes last.
 
     python -m patches.pathology.demo --out data/demo_pathology [--per-grade 24] [--seed 0]
 """
@@ -30,12 +32,11 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from patches.pathology.report import RiskBins, write_report
+from patches.pathology.make_dataset import assign_split, write_dataset
 
-GENERATOR_VERSION = 1
-QUESTION = "Write the pathology report for this whole-slide image: tumour grade and survival risk."
+GENERATOR_VERSION = 2
 GRADE_TEXTURE = {1: (1.2, 0.10), 2: (2.2, 0.24), 3: (3.4, 0.40)}  # nucleus blob sigma (px at 0.5 µm/px), coverage
-MEAN_SURVIVAL = {1: 60.0, 2: 28.0, 3: 12.0}
+SURVIVAL_SCALE = {1: 60.0, 2: 28.0, 3: 12.0}  # Weibull scale (months); shape 2
 BACKGROUND, STROMA, NUCLEUS = (242, 240, 243), (232, 158, 196), (78, 46, 132)
 
 
@@ -85,7 +86,7 @@ def write_pyramid(path: str, level0: np.ndarray, mpp: float, downsamples=(1, 4, 
     os.replace(tmp, path)
 
 
-def make_slide(path: str, grade: int, rng: np.random.Generator, size_um: float = 896.0,
+def make_slide(path: str, grade: int, rng: np.random.Generator, size_um: float = 672.0,
                objective: int = 20) -> None:
     """One synthetic slide of ``size_um`` µm square at 20x (generic TIFF, 0.5 µm/px) or 40x (Aperio, 0.25)."""
     base = synth_tissue(rng, int(round(size_um / 0.5)), grade)
@@ -96,17 +97,11 @@ def make_slide(path: str, grade: int, rng: np.random.Generator, size_um: float =
 
 
 def simulate_survival(rng: np.random.Generator, grades) -> tuple[np.ndarray, np.ndarray]:
-    true = rng.exponential([MEAN_SURVIVAL[g] for g in grades])
-    censor = rng.uniform(18, 120, size=len(grades))
+    """Weibull (shape 2) survival with a grade-dependent scale, uniform censoring: (months, event)."""
+    true = np.asarray([SURVIVAL_SCALE[g] for g in grades]) * rng.weibull(2.0, size=len(grades))
+    censor = rng.uniform(12, 96, size=len(grades))
     months = np.minimum(true, censor)
     return np.round(np.maximum(months, 0.5), 1), (true <= censor).astype(int)
-
-
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path + ".tmp", "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(path + ".tmp", path)
 
 
 def _write_json(path: str, obj) -> None:
@@ -115,7 +110,7 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def build(out_dir: str, per_grade: int = 24, seed: int = 0, test_fraction: float = 1 / 3, size_um: float = 896.0,
+def build(out_dir: str, per_grade: int = 24, seed: int = 0, test_fraction: float = 1 / 3, size_um: float = 672.0,
           extract: bool = True, num_workers: int = 0, progress: bool = True) -> dict:
     """Write the demo data set into ``out_dir`` (see module docstring); returns a summary dict.
 
@@ -139,50 +134,25 @@ def build(out_dir: str, per_grade: int = 24, seed: int = 0, test_fraction: float
     grades = np.repeat([1, 2, 3], per_grade)
     rng.shuffle(grades)
     months, events = simulate_survival(rng, grades)
-    n_test = int(round(len(grades) * test_fraction))
-    split = np.array(["test"] * n_test + ["train"] * (len(grades) - n_test))
     records = []
     for i, grade in enumerate(grades):
         objective = 40 if i % 2 == 0 else 20
-        name = f"slide_{i:03d}"
-        path = os.path.join(slides_dir, name + (".svs" if objective == 40 else ".tiff"))
-        slide_rng = np.random.default_rng([seed, i])
-        make_slide(path, int(grade), slide_rng, size_um, objective)
-        records.append({"slide": os.path.relpath(path, out_dir), "name": name, "grade": int(grade),
-                        "survival_months": float(months[i]), "event": int(events[i]),
-                        "censorship": 1 - int(events[i]), "split": str(split[i])})
+        name = f"slide_{i:03d}" + (".svs" if objective == 40 else ".tiff")
+        make_slide(os.path.join(slides_dir, name), int(grade), np.random.default_rng([seed, i]), size_um, objective)
+        records.append({"slide": name, "grade": int(grade), "survival_months": float(months[i]),
+                        "event": int(events[i]), "split": "", "line": f"demo slide {i}"})
+    assign_split(records, test_fraction, seed)
     with open(os.path.join(out_dir, "clinical.csv.tmp"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+        writer = csv.DictWriter(fh, fieldnames=["slide", "grade", "survival_months", "event", "censorship", "split"])
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({**{k: r[k] for k in ("slide", "grade", "survival_months", "event", "split")},
+                          "censorship": 1 - r["event"]} for r in records)
     os.replace(os.path.join(out_dir, "clinical.csv.tmp"), os.path.join(out_dir, "clinical.csv"))
-
-    train = [r for r in records if r["split"] == "train"]
-    bins = RiskBins.from_training([r["survival_months"] for r in train], [r["event"] for r in train])
-    bins.save(os.path.join(out_dir, "risk_bins.json"))
-    summary = {"slides": len(records), "train": len(train), "test": len(records) - len(train),
-               "risk_bins": [bins.short, bins.long], "events": int(events.sum())}
+    summary = {"slides": len(records), "events": int(events.sum())}
     if extract:
-        summary["extraction"] = extract_features(out_dir, [r["slide"] for r in records], num_workers, progress)
-    rows = {"train": [], "test": [], "test_wsi": []}
-    for r in records:
-        report = write_report(r["grade"], bins.group(r["survival_months"]), bins)
-        row = {"id": r["name"], "features": f"features/{r['name']}.h5",
-               "conversations": [{"from": "human", "value": "<image>\n" + QUESTION},
-                                 {"from": "gpt", "value": report}],
-               "grade": r["grade"], "survival_months": r["survival_months"], "event": r["event"],
-               "task": "pathology_report"}
-        rows[r["split"]].append(row)
-        if r["split"] == "test":
-            rows["test_wsi"].append({**{k: v for k, v in row.items() if k != "features"}, "wsi": r["slide"]})
-    root = os.path.abspath(out_dir)
-    for part, part_rows in rows.items():
-        _write_jsonl(os.path.join(out_dir, f"{part}.jsonl"), part_rows)
-        entry = {"root": root, "annotation": os.path.join(root, f"{part}.jsonl"), "data_augment": False,
-                 "repeat_time": 1, "length": len(part_rows), "task": "pathology_report"}
-        if part == "test_wsi":
-            entry["feature_cache"] = os.path.join(root, "features")
-        _write_json(os.path.join(out_dir, f"meta_{part}.json"), {f"pathology_demo_{part}": entry})
+        summary["extraction"] = extract_features(out_dir, [f"slides/{r['slide']}" for r in records], num_workers,
+                                                 progress)
+        summary.update(write_dataset(records, os.path.join(out_dir, "features"), out_dir, wsi_root=slides_dir))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     _write_json(info_path, {"params": params, "summary": summary})
     return summary

@@ -246,12 +246,21 @@ def resolve_weights(source: str, hub_id: str | None) -> str:
         if not repo:
             raise ValueError("this encoder has no hub id; pass a local weights path")
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-        try:  # token: huggingface_hub reads HF_TOKEN / the cached login itself; never passed through our code
-            return hf_hub_download(repo, "model.safetensors")
-        except EntryNotFoundError:
-            return hf_hub_download(repo, "pytorch_model.bin")
+        # token: huggingface_hub reads HF_TOKEN / the cached login itself; it never passes through our code
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                return hf_hub_download(repo, name)
+            except LocalEntryNotFoundError as exc:  # offline and not cached (a subclass of the next one)
+                raise OSError(f"{repo}: {name} is not in the local Hugging Face cache and the hub cannot be "
+                              f"reached ({exc}); pass a local weights path") from exc
+            except EntryNotFoundError:
+                continue
+            except Exception as exc:  # re-raised with the repo and what to do (gated, offline, no login ...)
+                raise OSError(f"{repo}: cannot fetch {name} from the Hugging Face hub: {exc}. The repo is gated: "
+                              f"accept its terms and log in (HF_TOKEN), or pass a local weights path") from exc
+        raise FileNotFoundError(f"{repo}: neither model.safetensors nor pytorch_model.bin in the repo")
     if os.path.isdir(source):
         for name in ("model.safetensors", "pytorch_model.bin"):
             if os.path.isfile(os.path.join(source, name)):
@@ -273,9 +282,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 def build_tile_encoder(preset: str, weights: str | None = None, **overrides) -> TimmTileEncoder:
     """Factory behind every registered tile encoder: config from the preset + overrides, then optional weights."""
     overrides.pop("preset", None)
-    model = TimmTileEncoder(TileEncoderConfig(preset=preset, **overrides))
-    if weights:
-        model.load_weights(weights)
+    config = TileEncoderConfig(preset=preset, **overrides)
+    path = resolve_weights(weights, config.hf_hub_id) if weights else None  # fail before building 600M params
+    model = TimmTileEncoder(config)
+    if path:
+        model.load_weights(path)
     return model
 
 

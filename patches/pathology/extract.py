@@ -311,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     load_plugins(args.plugins)
-    encoder = load_encoder(args.encoder, args.weights, args.random_init_seed, args.device)
+    try:
+        encoder = load_encoder(args.encoder, args.weights, args.random_init_seed, args.device)
+    except (ValueError, OSError) as exc:  # no/wrong weights, gated or offline hub: say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     settings = ExtractSettings(
         mpp=None if args.magnification else (args.mpp or 0.5), magnification=args.magnification,
         tile_size=args.tile, batch_size=args.batch_size, num_workers=args.num_workers, slide_mpp=args.slide_mpp,

@@ -4,6 +4,8 @@
 # risk). The vision side is replaced: slide_features (bags of cached virchow2_tiny tile features, 192-d) +
 # perceiver_resampler (8 learned latents -> 8 <IMG_CONTEXT> tokens per slide). The tile encoder is not in the
 # loop: training reads the feature files. Everything else trains (aggregator and LLM start from random weights).
+# max_tiles 16: every demo slide has 22-28 tissue tiles; training sees a random 16-tile subset of each slide per
+# step (augmentation), evaluation 16 evenly spaced tiles.
 #
 #   sh shell/pathology/demo_finetune_tiny.sh [extra finetune flags, e.g. --max_steps 20]
 #
@@ -21,7 +23,7 @@ internvl_finetune \
     --meta_path "$META_PATH" \
     --plugins patches.pathology \
     --vision_model slide_features \
-    --vision_overrides '{"feature_dim": 192, "tile_encoder": "virchow2_tiny", "tile_encoder_seed": 0, "max_tiles": 32}' \
+    --vision_overrides '{"feature_dim": 192, "tile_encoder": "virchow2_tiny", "tile_encoder_seed": 0, "max_tiles": 16}' \
     --projector perceiver_resampler \
     --projector_config '{"num_tokens": 8, "dim": 128, "heads": 4, "depth": 1}' \
     --conv_style internvl2_5 \
@@ -32,7 +34,7 @@ internvl_finetune \
     --freeze_backbone False \
     --grad_checkpoint False \
     --max_seq_length 256 \
-    --num_train_epochs 30 \
+    --num_train_epochs 80 \
     --learning_rate 1e-3 \
     --weight_decay 0.01 \
     --warmup_ratio 0.05 \

@@ -171,3 +171,14 @@ def test_gradient_checkpointing_same_result():
     ref = model(x)
     model.gradient_checkpointing = True
     torch.testing.assert_close(model(x), ref)
+
+
+def test_position_embedding_init():
+    sincos = create_vision_model("brain3d_vit_tiny")
+    pe = sincos.pos_embed.detach().flatten(2)[0]  # [E, 64 positions]
+    dist = torch.cdist(pe.T, pe.T) + torch.eye(64) * 1e3
+    assert pe.std() > 0.3 and dist.min() > 0.1  # every grid cell has its own, clearly distinct code
+    vit = create_vision_model("brain3d_vit_tiny", pos_embed_init="trunc_normal")
+    assert vit.pos_embed.std() < 0.05
+    four = create_vision_model("brain3d_vit_4d_tiny")
+    assert not torch.allclose(four.time_embed[0, 0], four.time_embed[0, 1])

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
-import multiprocessing
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from patches.pathology.extract import discover_slides, main

@@ -160,3 +160,13 @@ def test_resume_point_skips_incomplete_and_staging(tmp_path):
     with pytest.raises(FileNotFoundError, match="incomplete"):
         resolve_resume(_Args(tmp_path, resume=str(tmp_path / "checkpoint-10")))
     assert resolve_resume(_Args(tmp_path / "fresh")) is None
+
+
+def test_one_json_file_holds_all_arguments(tmp_path):
+    config = {"model_name_or_path": "m", "output_dir": str(tmp_path), "use_llm_lora": 8, "conv_style": "internvl2_5",
+              "learning_rate": 2e-5, "plugins": ["pkg.c"]}
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(config))
+    model_args, data_args, args, plugins = parse_args([str(path)])
+    assert model_args.use_llm_lora == 8 and data_args.conv_style == "internvl2_5"
+    assert args.learning_rate == pytest.approx(2e-5) and plugins == ["pkg.c"]

@@ -158,7 +158,7 @@ def load_model(model_args, data_args, training_args):
     logger.info("loading %s", model_args.model_name_or_path)
     model = InternVLChatModel.from_pretrained(model_args.model_name_or_path, dtype=torch.float32, **overrides)
     if model_args.vision_model or model_args.projector:
-        model = replace_vision_side(model, model_args)
+        model = replace_vision_side(model, model_args, data_args)
     else:
         check_vision_geometry(model, data_args)
     if model_args.drop_path_rate:
@@ -188,8 +188,9 @@ def check_vision_geometry(model, data_args) -> None:
                          f"--force_image_size {cfg.image_size}")
 
 
-def replace_vision_side(model, model_args):
-    """A new encoder (``--vision_model``) and/or projector (``--projector``) around the loaded LLM."""
+def replace_vision_side(model, model_args, data_args):
+    """A new encoder (``--vision_model``) and/or projector (``--projector``) around the loaded LLM. The new
+    projector uses ``--down_sample_ratio``; the tile size is the new encoder's ``image_size`` (if it has one)."""
     from internvl.model import create_vision_model
     from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
 
@@ -201,9 +202,9 @@ def replace_vision_side(model, model_args):
         encoder, size = model.vision_model, old.force_image_size
     projector = model_args.projector or old.projector
     projector_config = model_args.projector_config_dict if model_args.projector else dict(old.projector_config)
-    fields = {k: getattr(old, k) for k in ("select_layer", "downsample_ratio", "template", "dynamic_image_size",
-                                          "use_thumbnail", "ps_version", "min_dynamic_patch", "max_dynamic_patch",
-                                          "pad2square")}
+    fields = {k: getattr(old, k) for k in ("select_layer", "template", "dynamic_image_size", "use_thumbnail",
+                                          "ps_version", "min_dynamic_patch", "max_dynamic_patch", "pad2square")}
+    fields["downsample_ratio"] = data_args.down_sample_ratio
     config = InternVLChatConfig(vision_config=encoder.config, llm_config=old.llm_config, projector=projector,
                                 projector_config=projector_config, force_image_size=size, **fields)
     new = InternVLChatModel(config, vision_model=encoder, language_model=model.language_model).float()

@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
-from patches.neuro.encoders.common import config_kwargs_with_preset
+from patches.neuro.encoders.common import config_kwargs_with_preset, sincos_embedding
 from patches.neuro.mil import GatedAttentionMIL
 
 
@@ -85,14 +85,6 @@ def token_layout(config: NeuroVFMTokensConfig, item: torch.Tensor):
     fg = blocks[:, -1] > 0.5
     keep = fg.all(dim=1) if config.background_rule == "any" else fg.any(dim=1)
     return blocks[:, :-1].reshape(gd * gh * gw, -1), keep, (gd, gh, gw)
-
-
-def sincos_3d(coords: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal encoding of integer (z, y, x) coordinates ``[T, 3]`` -> ``[T, dim]`` (dim/3 per axis)."""
-    per = dim // 3
-    freqs = 1.0 / (10000 ** (torch.arange(per // 2, dtype=torch.float32, device=coords.device) / (per // 2)))
-    ang = coords.float().unsqueeze(-1) * freqs  # [T, 3, per/2]
-    return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(coords.shape[0], -1)
 
 
 class VarlenAttention(nn.Module):
@@ -179,7 +171,7 @@ class NeuroVFMTokens(VisionEncoder):
         gh, gw = grid[1], grid[2]
         coords = torch.stack([idx // (gh * gw), (idx // gw) % gh, idx % gw], dim=1)
         emb = self.token_embed(raw[idx].to(self.token_embed.weight.dtype))
-        return torch.cat([emb, sincos_3d(coords, self.config.pe_dim).to(emb.dtype)], dim=1)
+        return torch.cat([emb, sincos_embedding(coords, self.config.pe_dim).to(emb.dtype)], dim=1)
 
     def encode(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
         toks = [self._tokens(it) for it in items]
