@@ -9,7 +9,8 @@
 #   internvl_finetune --model_name_or_path pretrained/X --meta_path data/meta.json --conv_style internvl2_5 "$@"
 #
 # internvl_finetune adds, before the launcher's flags: --output_dir, --per_device_train_batch_size,
-# --gradient_accumulation_steps and --bf16 (True on GPUs, False on CPU). Launchers must not set those four.
+# --gradient_accumulation_steps, --bf16 and --fp16 (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU).
+# Launchers must not set those; users may (their flags come last).
 #
 # Environment (all optional):
 #   GPUS                    processes per node: GPUs, or CPU processes on a machine without CUDA (default 1)
@@ -26,6 +27,7 @@
 #                           CPUS_PER_TASK, SRUN_ARGS as in InternVL's srun scripts). The finetune script maps
 #                           SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS to torch's RANK/LOCAL_RANK/WORLD_SIZE.
 #   DRY_RUN=1               print the command (one argument per line) instead of running it
+#   INTERNVL_DEVICE         cuda-bf16 | cuda-fp16 | cpu instead of asking torch
 #
 # On a machine without CUDA the same scripts run on CPU: torch.distributed over gloo, fp32, DeepSpeed (when a
 # --deepspeed config is passed) with its CPU accelerator (DS_ACCELERATOR=cpu) and torch's AdamW, and one
@@ -88,19 +90,27 @@ fi
 export PYTHONPATH="$INTERNVL_ROOT/internvl_chat${PYTHONPATH:+:$PYTHONPATH}"
 export MASTER_PORT LAUNCHER TF_CPP_MIN_LOG_LEVEL=3 TOKENIZERS_PARALLELISM=false
 
-INTERNVL_CUDA=${INTERNVL_CUDA:-$("$PYTHON" -c 'import torch; print(torch.cuda.is_available())')} ||
+# cuda-bf16 | cuda-fp16 (GPUs without bf16, e.g. V100/T4) | cpu; INTERNVL_DEVICE overrides the detection
+INTERNVL_DEVICE=${INTERNVL_DEVICE:-$("$PYTHON" -c 'import torch; c = torch.cuda.is_available(); print("cpu" if not c else "cuda-bf16" if torch.cuda.is_bf16_supported() else "cuda-fp16")')} ||
     internvl_die "$PYTHON cannot import torch (create the environment with: make venv)"
-if [ "$INTERNVL_CUDA" = True ]; then
-    INTERNVL_BF16=True
-else
-    INTERNVL_BF16=False
-    export DS_ACCELERATOR=cpu
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-fi
+case "$INTERNVL_DEVICE" in
+    cuda-bf16) INTERNVL_PRECISION="--bf16 True --fp16 False" ;;
+    cuda-fp16)
+        INTERNVL_PRECISION="--bf16 False --fp16 True"
+        echo "warning: this GPU has no bf16; training in fp16 with loss scaling" >&2
+        ;;
+    cpu)
+        INTERNVL_PRECISION="--bf16 False --fp16 False"
+        export DS_ACCELERATOR=cpu
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+        ;;
+    *) internvl_die "INTERNVL_DEVICE must be cuda-bf16, cuda-fp16 or cpu, got '$INTERNVL_DEVICE'" ;;
+esac
 
 internvl_finetune() {
+    # shellcheck disable=SC2086  # INTERNVL_PRECISION is a list of words on purpose
     set -- --output_dir "$OUTPUT_DIR" --per_device_train_batch_size "$PER_DEVICE_BATCH_SIZE" \
-        --gradient_accumulation_steps "$GRADIENT_ACC" --bf16 "$INTERNVL_BF16" "$@"
+        --gradient_accumulation_steps "$GRADIENT_ACC" $INTERNVL_PRECISION "$@"
     if [ "$LAUNCHER" = slurm ]; then
         for _v in PARTITION GPUS_PER_NODE; do
             eval "_x=\${$_v:-}"
@@ -124,8 +134,8 @@ internvl_finetune() {
     fi
     mkdir -p "$OUTPUT_DIR" || internvl_die "cannot create OUTPUT_DIR=$OUTPUT_DIR"
     echo "InternVL finetune: $WORLD process(es), per-device batch $PER_DEVICE_BATCH_SIZE, gradient accumulation" \
-        "$GRADIENT_ACC, global batch $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD)), CUDA $INTERNVL_CUDA," \
-        "bf16 $INTERNVL_BF16, output $OUTPUT_DIR" | tee -a "$OUTPUT_DIR/training_log.txt"
+        "$GRADIENT_ACC, global batch $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD)), device $INTERNVL_DEVICE," \
+        "output $OUTPUT_DIR" | tee -a "$OUTPUT_DIR/training_log.txt"
     _status=$(mktemp)
     { "$@" 2>&1; echo $? >"$_status"; } | tee -a "$OUTPUT_DIR/training_log.txt"
     _rc=$(cat "$_status")

@@ -25,7 +25,7 @@ from patches.brainfound.synthetic import synthetic_head, synthetic_report
 from patches.brainfound.weights import atomic_write_text
 
 DEFAULT_OUT = "data/demo_brainfound"
-GENERATOR_VERSION = 1  # bump when the generated content changes
+GENERATOR_VERSION = 3  # bump when the generated content changes
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -96,14 +96,15 @@ def _mcq_row(rng: np.random.Generator, i: int, ref: str, label: str, task: str |
     return {**row, "task": task} if task else row
 
 
-def _qa_row(i: int, ref: str, label: str) -> dict:
-    """Brainfound qa.jsonl layout: describe the image, then write the impression (scored on the impression)."""
+def _qa_row(i: int, ref: str, label: str, test: bool) -> dict:
+    """Brainfound qa.jsonl layout: describe the image, then write the impression. Test rows keep only the first
+    turn (findings): with it as chat history, the impression could be read off the reference findings."""
     turns = [{"from": "human", "value": "<meditk>\nDescribe the image."}, {"from": "gpt", "value": FINDINGS[label]},
              {"from": "human", "value": "Write the diagnostic impression."}, {"from": "gpt", "value": IMPRESSION[label]}]
-    return {"id": i, "meditk": ref, "conversations": turns}
+    return {"id": i, "meditk": ref, "conversations": turns[:2] if test else turns}
 
 
-def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 64, n_test: int = 24, depth: int = 8,
+def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 96, n_test: int = 24, depth: int = 8,
                  size: int = 48) -> dict[str, Path]:
     """Brainfound-format instruction data (.npz volumes, ``meditk`` key, ``<meditk>`` placeholder) + meta JSONs."""
     (out / "post_data_npz").mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 64, n_test:
             _save_npz(out / ref, synthetic_head(rng, depth, size, label, "CT").astype(np.int16))
             pre = "" if split == "train" else "test_"
             rows[pre + "mcq"].append(_mcq_row(rng, i, ref, label, None))
-            rows[pre + "qa"].append(_qa_row(i, ref, label))
+            rows[pre + "qa"].append(_qa_row(i, ref, label, split == "test"))
     for name, r in rows.items():
         _jsonl(out / f"{name}.jsonl", r)
 

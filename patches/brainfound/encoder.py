@@ -22,7 +22,8 @@ condition (stage 1 fills it with the text-encoder embedding of each modality pro
 True) drops the mid/up path, which the encoder never runs; stage 1 builds the full UNet with it set to False.
 ``lora_targets`` feeds ``lora_target_modules`` (``--use_backbone_lora``); Brainfound used to_q / to_v / proj.
 Presets: ``full`` (the defaults above: 78.1 M UNet parameters, 19.5 M of them on the encoder path, plus the
-31.9 M head) and ``tiny`` (32 px, a few hundred thousand parameters, for CPU tests).
+31.9 M head) and ``tiny`` (32 px, 4 slices, 0.13 M parameters with the head, 3x3 = 9 tokens x 64 per slice;
+for CPU tests and demos).
 """
 from __future__ import annotations
 

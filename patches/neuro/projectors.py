@@ -6,7 +6,8 @@ embeddings, ``num_output_tokens(config, n_in)`` says how many.
 
 * ``spatial_pool_mlp`` (M3D-LaMed "spp"): average-pools the encoder's token grid by ``pool`` (default 2 per
   axis; a 4D grid pools time by ``time_pool``, default 1) with ceil mode (a remainder becomes a partial
-  window, never dropped), then LayerNorm -> Linear -> GELU -> Linear. Needs grid tokens: the grid comes from
+  window, never dropped), optionally adds a learnable code per pooled cell (``pos_embed: true``; sin-cos
+  initialised), then LayerNorm -> Linear -> GELU -> Linear. Needs grid tokens: the grid comes from
   ``config.vision_config.grid`` (brain3d_vit); prefix (CLS) tokens pass through unpooled.
 * ``volume_perceiver``: Flamingo-style resampler, ``num_queries`` (64, as NeuroVFM's VLM) learned latents attend to
   [tokens ; latents] for ``depth`` layers; works on ragged token sets (key padding mask). Output K tokens.
@@ -25,6 +26,7 @@ from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 
 from internvl.model.projector import register_projector
+from patches.neuro.encoders.common import grid_coords, sincos_embedding
 
 
 def _opts(config) -> dict:
@@ -54,6 +56,13 @@ class SpatialPoolMLP(nn.Module):
         self.prefix = int(getattr(vc, "num_prefix_tokens", 0))
         self.kernel = self._kernel(config, len(self.grid))
         self.net = _mlp(vc.hidden_size, config.llm_config.hidden_size)
+        pooled = tuple(math.ceil(g / k) for g, k in zip(self.grid, self.kernel))
+        self.pos_embed = None
+        if _opts(config).get("pos_embed", False):
+            # a code per pooled cell, added before the MLP: the LLM's RoPE moves attention scores, not values, so
+            # without it the place of a token reaches the LLM only through what the encoder put in its features
+            code = sincos_embedding(grid_coords(*pooled), vc.hidden_size)
+            self.pos_embed = nn.Parameter(code.unsqueeze(0))
 
     @staticmethod
     def _grid(config) -> tuple[int, ...]:
@@ -101,6 +110,8 @@ class SpatialPoolMLP(nn.Module):
             g = g.reshape(n, math.prod(sp), d, -1).permute(0, 3, 1, 2).reshape(n, -1, d)
         else:
             g = F.avg_pool3d(g, self.kernel, self.kernel, ceil_mode=True).flatten(2).transpose(1, 2)
+        if self.pos_embed is not None:
+            g = g + self.pos_embed.to(g.dtype)
         return torch.cat([pre, g], dim=1)
 
     def forward(self, features):

@@ -25,7 +25,7 @@ now() { date +%s; }
 t0=$(now)
 if [ -f $W/stage1/unet/config.json ]; then echo "stage 1: using $W/stage1"; else
     "$PYTHON" -m patches.brainfound.pretrain_ddpm --config patches/brainfound/configs/tiny_ddpm.yaml; fi
-"$PYTHON" -m patches.brainfound.generate --model $W/stage1 --modality CT --num 8 --steps 50 --scheduler ddim
+"$PYTHON" -m patches.brainfound.generate --model $W/stage1 --modality CT --num 8 --steps 25 --scheduler ddim
 t1=$(now)
 if [ -f $W/stage2/vision_encoder/config.json ]; then echo "stage 2: using $W/stage2"; else
     "$PYTHON" -m patches.brainfound.pretrain_clip --config patches/brainfound/configs/tiny_clip.yaml; fi

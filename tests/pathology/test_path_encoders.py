@@ -119,3 +119,16 @@ def test_config_survives_internvl_config_round_trip():
     assert again.vision_config.timm_kwargs == cfg.vision_config.timm_kwargs
     with pytest.raises(ValueError, match="does not load weights"):
         InternVLChatConfig.build(vision="virchow2_tiny", vision_overrides={"weights": "x"}, llm_config=llm)
+
+
+def test_hub_weights_offline_fail_with_a_clear_error(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    from patches.pathology.encoders import resolve_weights
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(OSError, match="paige-ai/Virchow2: model.safetensors is not in the local Hugging Face cache"):
+        resolve_weights("hf-hub", "paige-ai/Virchow2")
+    with pytest.raises(ValueError, match="no hub id"):
+        create_vision_model("virchow2_tiny", weights="hf-hub")

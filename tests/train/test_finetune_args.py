@@ -78,7 +78,8 @@ def test_zero_configs_have_internvl_values():
 
 
 def _dry_run(script: str, *flags: str, **env: str) -> list[str]:
-    proc = subprocess.run(["sh", script, *flags], cwd=REPO, env=launcher_env(DRY_RUN="1", INTERNVL_CUDA="False", **env),
+    env = {"INTERNVL_DEVICE": "cpu", **env}
+    proc = subprocess.run(["sh", script, *flags], cwd=REPO, env=launcher_env(DRY_RUN="1", **env),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
@@ -99,17 +100,24 @@ def test_launchers_are_posix_and_derive_accumulation(script):
     assert argv[argv.index("--nproc_per_node=2")] and "internvl_chat/internvl/train/internvl_chat_finetune.py" in argv
     assert _flag(argv, "--gradient_accumulation_steps") == "4"  # 32 / 4 / 2
     assert _flag(argv, "--per_device_train_batch_size") == "4" and _flag(argv, "--output_dir") == "/tmp/o"
-    assert _flag(argv, "--bf16") == "False"  # no CUDA
+    assert _flag(argv, "--bf16") == "False" and _flag(argv, "--fp16") == "False"  # no CUDA
     assert argv[-4:] == ["--max_steps", "3", "--learning_rate", "9e-9"]  # user flags last: they win
     assert _flag(argv, "--learning_rate") == "9e-9"
 
 
+@pytest.mark.parametrize("device, bf16, fp16", [("cuda-bf16", "True", "False"), ("cuda-fp16", "False", "True"),
+                                                ("cpu", "False", "False")])
+def test_launcher_precision_follows_the_device(device, bf16, fp16):
+    argv = _dry_run("shell/demo/finetune_tiny.sh", INTERNVL_DEVICE=device)
+    assert (_flag(argv, "--bf16"), _flag(argv, "--fp16")) == (bf16, fp16)
+
+
 def test_launcher_env_errors_and_slurm():
     bad = subprocess.run(["sh", "shell/demo/finetune_tiny.sh"], cwd=REPO, capture_output=True, text=True,
-                         env=launcher_env(DRY_RUN="1", INTERNVL_CUDA="False", GPUS="two"))
+                         env=launcher_env(DRY_RUN="1", INTERNVL_DEVICE="cpu", GPUS="two"))
     assert bad.returncode != 0 and "GPUS must be a whole number" in bad.stderr
     small = subprocess.run(["sh", "shell/demo/finetune_tiny.sh"], cwd=REPO, capture_output=True, text=True,
-                           env=launcher_env(DRY_RUN="1", INTERNVL_CUDA="False", GPUS="4", BATCH_SIZE="4",
+                           env=launcher_env(DRY_RUN="1", INTERNVL_DEVICE="cpu", GPUS="4", BATCH_SIZE="4",
                                             PER_DEVICE_BATCH_SIZE="2"))
     assert small.returncode != 0 and "smaller than" in small.stderr
     argv = _dry_run("shell/internvl2.5/2nd_finetune/internvl2_5_1b_dynamic_res_2nd_finetune_full_srun.sh",

@@ -224,7 +224,9 @@ def load_model(cls, path: str, dtype=None, device=None, **overrides):
         model.wrap_backbone_lora(r=lora_vit)
     if lora_llm:
         model.wrap_llm_lora(r=lora_llm)
-    state = state_from_disk(model, state)
+    # clone: safetensors' mmap'd tensors can sit at unaligned offsets, which under assign=True sends some kernels
+    # down another code path (logits then differ in the last bits from the saved model's)
+    state = {k: v.clone() for k, v in state_from_disk(model, state).items()}
     expected = set(model.state_dict())
     if not head_saved:
         expected = {k for k in expected if not k.endswith("lm_head.weight")}

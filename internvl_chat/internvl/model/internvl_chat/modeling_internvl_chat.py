@@ -62,6 +62,12 @@ class InternVLChatModel(PreTrainedModel):
     def num_image_token(self) -> int:
         return self.config.num_image_token
 
+    def floating_point_ops(self, inputs: dict, exclude_embeddings: bool = True) -> int:
+        """Trainer's FLOP estimate, counted from the text tokens (``pixel_values`` may be a list of items)."""
+        ids = inputs.get("input_ids")
+        tokens = int(ids.numel()) if ids is not None else 0
+        return 6 * tokens * self.num_parameters(exclude_embeddings=exclude_embeddings)
+
     # ------------------------------------------------------------------ vision path
     def extract_feature(self, pixel_values):
         """Encoder features through the projector: ``Tensor [N, K, D_llm]`` or a list of ``[K_i, D_llm]``."""
