@@ -55,7 +55,8 @@ def media_refs(args) -> list[tuple[str, str]]:
 def single(args, model, tokenizer, loader) -> None:
     from transformers import TextStreamer
 
-    from internvl.evaluation.runner import Sample, generation_config, to_model_inputs
+    from internvl.evaluation.runner import generation_config, to_model_inputs
+    from internvl.evaluation.testset import Sample
 
     row: dict = {}
     for kind, path in media_refs(args):
@@ -74,9 +75,10 @@ def single(args, model, tokenizer, loader) -> None:
 
 
 def batch(args, model, tokenizer, loader) -> None:
-    from internvl.evaluation.runner import generate_predictions, generation_config, read_samples
+    from internvl.evaluation.runner import generate_predictions, generation_config
+    from internvl.evaluation.testset import read_samples
 
-    samples = read_samples(args.jsonl, task="open_qa", allow_missing_reference=True)
+    samples = read_samples(args.jsonl, task="open_qa", require_reference=False)
     answers = generate_predictions(model, tokenizer, samples, loader,
                                    generation_config(args.max_new_tokens, args.temperature),
                                    batch_size=args.batch_size)
@@ -92,7 +94,8 @@ def batch(args, model, tokenizer, loader) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from internvl.evaluation.runner import MediaLoader, load_model
+    from internvl.evaluation.runner import load_model
+    from internvl.evaluation.testset import MediaLoader
     from internvl.media import MediaError
     from internvl.model.checkpoint import CheckpointError
     from internvl.registry import load_plugins

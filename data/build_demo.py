@@ -1,9 +1,9 @@
 """Build the demo data sets: a small synthetic 2D task (default) and, on request, the plugins' demos.
 
-2D demo ("what colour is the shape"): each image is a small square (``--image-size``, one tile, no dynamic
-tiling) with one big filled shape (circle / square / triangle / diamond) in one of four colours on a neutral
-background, with jittered size, position and colour shade. Questions are identical whatever the image shows,
-so the answer can only come from the pixels:
+2D demo ("what colour is the shape"): each image is a small square (``--image-size``, default the tiny model's
+112 px tile; a square image is one tile even with dynamic tiling on) with one big filled shape (circle /
+square / triangle / diamond) in one of four colours on a neutral background, with jittered size, position and
+colour shade. Questions are identical whatever the image shows, so the answer can only come from the pixels:
 
 * ``mcq``: InternVL-style multiple choice over the four colours, options in a random order per sample (the
   letter cannot be guessed from the text: chance is 0.25), reference = the letter;
@@ -23,12 +23,13 @@ Files are built in a temporary sibling folder and swapped in at the end (``inter
 so an interrupted build leaves no half-written demo.
 
 ``--pathology`` / ``--neuro`` / ``--brainfound`` call ``patches.<name>.demo.build(out_dir)`` (out_dir =
-``<plugin-root>/demo_<name>``); ``--all`` builds everything. Without any flag only the 2D demo is built.
+``<plugin-root>/demo_<name>``; ``--seed`` and ``--force`` are passed on when the builder takes them); ``--all`` builds everything. Without any flag only the 2D demo is built.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import random
@@ -42,7 +43,7 @@ sys.path[:0] = [str(REPO / "internvl_chat"), str(REPO)]  # runnable before `pip 
 
 from internvl.fileio import atomic_directory  # noqa: E402
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 1
 PLUGINS = ("pathology", "neuro", "brainfound")
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (235, 200, 35)}
@@ -87,19 +88,6 @@ def mcq_row(rng: random.Random, attrs: dict) -> tuple[list[dict], dict]:
     return _turns(question, letter), {"task": "mcq", "options": options}
 
 
-def binding_row(rng: random.Random) -> list[dict]:
-    """Text-only training row: "Which option is green?" over shuffled options -> its letter (no image).
-
-    It teaches the language model to read an option list (find the option named X, answer its letter) from a
-    signal in the text alone; image MCQ then only has to supply X from the pixels. Never in the test split.
-    """
-    options = sorted(COLOURS)
-    rng.shuffle(options)
-    colour = rng.choice(options)
-    lines = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
-    return _turns(f"Which option is {colour}?\n{lines}\n{MCQ_SUFFIX}", "ABCD"[options.index(colour)])
-
-
 def open_row(rng: random.Random, attrs: dict, what: str | None = None) -> tuple[list[dict], dict]:
     what = what or rng.choice(sorted(OPEN_QUESTIONS))
     return _turns(f"<image>\n{OPEN_QUESTIONS[what]}", attrs[what]), {"task": "open_qa"}
@@ -135,12 +123,10 @@ def _entry(shown: str, annotation: str, n: int, **extra) -> dict:
 
 
 def build(out_dir: str = "data/demo", *, seed: int = 0, n_train: int = 1600, n_test_mcq: int = 200,
-          n_test_open: int = 60, image_size: int = 112, open_fraction: float = 0.25, n_text_binding: int = 800,
-          force: bool = False) -> dict:
+          n_test_open: int = 60, image_size: int = 112, open_fraction: float = 0.25, force: bool = False) -> dict:
     """Write the 2D demo into ``out_dir``; returns the paths written (skips when an equal build is there)."""
     params = {"generator_version": GENERATOR_VERSION, "seed": seed, "n_train": n_train, "n_test_mcq": n_test_mcq,
               "n_test_open": n_test_open, "image_size": image_size, "open_fraction": open_fraction,
-              "n_text_binding": n_text_binding,
               "out_dir": out_dir}
     paths = {"train_meta": os.path.join(out_dir, "train_meta.json"),
              "test_meta": os.path.join(out_dir, "test_meta.json"),
@@ -156,13 +142,10 @@ def build(out_dir: str = "data/demo", *, seed: int = 0, n_train: int = 1600, n_t
         train = _write_split(tmp, "train", train_kinds, random.Random(f"{seed}-train"), image_size)
         test = _write_split(tmp, "test", ["mcq"] * n_test_mcq + ["open"] * n_test_open,
                             random.Random(f"{seed}-test"), image_size)
-        text_rng = random.Random(f"{seed}-text-binding")
-        train += [{"id": f"train_text_{i:05d}", "conversations": binding_row(text_rng), "task": "mcq"}
-                  for i in range(n_text_binding)]
         _write_jsonl(os.path.join(tmp, "train.jsonl"), train)
         _write_jsonl(os.path.join(tmp, "test_mcq.jsonl"), test[:n_test_mcq])
         _write_jsonl(os.path.join(tmp, "test_open.jsonl"), test[n_test_mcq:])
-        metas = {"train_meta.json": {"demo_shapes": _entry(out_dir, "train.jsonl", len(train))},
+        metas = {"train_meta.json": {"demo_shapes": _entry(out_dir, "train.jsonl", n_train)},
                  "test_meta.json": {"demo_mcq": _entry(out_dir, "test_mcq.jsonl", n_test_mcq, task="mcq"),
                                     "demo_open": _entry(out_dir, "test_open.jsonl", n_test_open, task="open_qa")}}
         for name, meta in {**metas, "build_info.json": params}.items():
@@ -180,8 +163,9 @@ def _kinds(rng: random.Random, n: int, open_fraction: float) -> list[str]:
     return kinds
 
 
-def build_plugin(name: str, out_dir: str):
-    """Call ``patches.<name>.demo.build(out_dir)``; a clear error if that plugin ships no demo builder."""
+def build_plugin(name: str, out_dir: str, *, seed: int = 0, force: bool = False):
+    """Call ``patches.<name>.demo.build(out_dir)`` (with ``seed`` / ``force`` where its signature takes them);
+    a clear error if that plugin ships no demo builder."""
     module = f"patches.{name}.demo"
     try:
         mod = importlib.import_module(module)
@@ -193,7 +177,8 @@ def build_plugin(name: str, out_dir: str):
     build_fn = getattr(mod, "build", None)
     if not callable(build_fn):
         raise SystemExit(f"--{name}: {module} has no build(out_dir) function")
-    return build_fn(out_dir)
+    accepted = inspect.signature(build_fn).parameters
+    return build_fn(out_dir, **{k: v for k, v in (("seed", seed), ("force", force)) if k in accepted})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-mcq", type=int, default=200)
     p.add_argument("--test-open", type=int, default=60)
     p.add_argument("--open-fraction", type=float, default=0.25, help="share of open-QA rows in train")
-    p.add_argument("--text-binding", type=int, default=800,
-                   help="extra text-only training rows 'Which option is <colour>?' (teach reading option lists)")
     p.add_argument("--image-size", type=int, default=112,
                    help="image side in pixels (default 112: the tiny model's tile, config.force_image_size)")
     p.add_argument("--force", action="store_true", help="rebuild even if an identical build is present")
@@ -219,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.open_fraction <= 1.0:
         p.error("--open-fraction must be in [0, 1]")
-    if min(args.train, args.test_mcq, args.test_open, args.text_binding) < 0 or args.image_size < 8:
+    if min(args.train, args.test_mcq, args.test_open) < 0 or args.image_size < 8:
         p.error("sizes must be >= 0 and --image-size >= 8")
     plugins = [n for n in PLUGINS if args.all or getattr(args, n)]
     if args.core or args.all or not plugins:
         build(args.out, seed=args.seed, n_train=args.train, n_test_mcq=args.test_mcq, n_test_open=args.test_open,
-              image_size=args.image_size, open_fraction=args.open_fraction, n_text_binding=args.text_binding,
-              force=args.force)
+              image_size=args.image_size, open_fraction=args.open_fraction, force=args.force)
     for name in plugins:
-        result = build_plugin(name, os.path.join(args.plugin_root, f"demo_{name}"))
+        result = build_plugin(name, os.path.join(args.plugin_root, f"demo_{name}"), seed=args.seed,
+                              force=args.force)
         print(f"{name} demo: {result if result is not None else os.path.join(args.plugin_root, f'demo_{name}')}")
     return 0
 

@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--limit", type=int, default=None, help="first N rows of each dataset")
-    p.add_argument("--max-num", type=int, default=None, help="max tiles per image (default: the model config's; a meta entry's "
-                                                     "max_dynamic_patch wins)")
+    p.add_argument("--max-num", type=int, default=None,
+                   help="max tiles per image (default: the model config's; a meta entry's max_dynamic_patch wins)")
     p.add_argument("--max-skip", type=int, default=0, help="rows with unreadable media to skip before failing")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

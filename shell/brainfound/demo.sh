@@ -35,7 +35,7 @@ t2=$(now)
 if [ -f $W/stage3/model.safetensors ]; then echo "stage 3: using $W/stage3"; else
     OUTPUT_DIR=$W/stage3 sh shell/brainfound/demo_finetune_tiny.sh; fi
 "$PYTHON" eval/custom_eval.py --plugins patches.brainfound --model $W/stage3 \
-    --data data/demo_brainfound/stage3/test_meta.json --out $W/results.json --batch-size 8 --max-new-tokens 24 \
+    --data data/demo_brainfound/stage3/test_meta.json --out $W/results.json --batch-size 8 --max-new-tokens 40 \
     --no-resume
 t3=$(now)
 echo "brainfound demo: stage 1 + generation $((t1 - t0)) s, stage 2 + zero-shot $((t2 - t1)) s," \

@@ -165,3 +165,20 @@ def test_meditk_is_an_alias_of_volume_for_other_encoders(tmp_path, tokenizer):
     meditk = MEDIA_READERS.get("meditk")(cfg, {}).load(str(tmp_path / "t1.nii.gz"))
     volume = MEDIA_READERS.get("volume")(cfg, {}).load(str(tmp_path / "t1.nii.gz"))
     assert len(meditk) == len(volume) == 1 and torch.equal(meditk[0], volume[0])
+
+
+def test_tiny_text_model_is_reproducible(tmp_path):
+    from patches.brainfound.text import build_tiny_text_model, load_text_model
+
+    corpus = ["normal brain . impression : normal .", "acute bleed . impression : hemorrhage .", "出血 CT."] * 3
+    a = build_tiny_text_model(corpus, tmp_path / "a", hidden_size=16, num_layers=1, num_heads=2)
+    b = build_tiny_text_model(list(reversed(corpus)), tmp_path / "b", hidden_size=16, num_layers=1, num_heads=2)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+    tok, model = load_text_model(a)
+    enc = tok(["impression : hemorrhage .", "出血"], padding=True, return_tensors="pt")
+    assert tok.unk_token_id not in enc["input_ids"][0].tolist()
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert model(**enc).last_hidden_state.shape == (2, enc["input_ids"].shape[1], 16)

@@ -132,11 +132,11 @@ def test_each_image_is_one_tile_for_the_tiny_model_settings(demo):
 def test_plugin_flags_dispatch_and_fail_clearly(bd, tmp_path, monkeypatch):
     calls = []
     fake = types.ModuleType("patches.zz_fake_demo_plugin.demo")
-    fake.build = lambda out_dir: calls.append(out_dir) or "built"
+    fake.build = lambda out_dir, seed=0: calls.append((out_dir, seed)) or "built"  # takes seed, not force
     monkeypatch.setitem(sys.modules, "patches.zz_fake_demo_plugin", types.ModuleType("patches.zz_fake_demo_plugin"))
     monkeypatch.setitem(sys.modules, "patches.zz_fake_demo_plugin.demo", fake)
-    assert bd.build_plugin("zz_fake_demo_plugin", str(tmp_path / "x")) == "built"
-    assert calls == [str(tmp_path / "x")]
+    assert bd.build_plugin("zz_fake_demo_plugin", str(tmp_path / "x"), seed=7, force=True) == "built"
+    assert calls == [(str(tmp_path / "x"), 7)]
     with pytest.raises(SystemExit, match="patches.zz_absent_plugin.demo is not available"):
         bd.build_plugin("zz_absent_plugin", str(tmp_path / "y"))
     no_build = types.ModuleType("patches.zz_fake_demo_plugin.demo")
@@ -148,7 +148,7 @@ def test_plugin_flags_dispatch_and_fail_clearly(bd, tmp_path, monkeypatch):
 def test_cli_selects_builders(bd, tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(bd, "build", lambda out, **kw: built.append(("core", out)))
-    monkeypatch.setattr(bd, "build_plugin", lambda name, out: built.append((name, out)))
+    monkeypatch.setattr(bd, "build_plugin", lambda name, out, **kw: built.append((name, out)))
     bd.main(["--out", str(tmp_path / "d")])
     assert built == [("core", str(tmp_path / "d"))]
     built.clear()

@@ -107,8 +107,9 @@ def test_open_qa_metrics_match_the_packages(tmp_path):
     assert recs[3]["token_f1"] == 0.0 and recs[3]["rouge_l"] == 0.0
     agg = task.aggregate(recs, str(tmp_path))
     assert agg["exact_match"] == 0.25
-    expected_corpus = corpus_bleu([[metrics.bleu_tokens(r)] for _, r in pairs], [metrics.bleu_tokens(p) for p, _ in pairs],
-                                  weights=(0.25,) * 4, smoothing_function=smooth)
+    expected_corpus = corpus_bleu([[metrics.bleu_tokens(r)] for _, r in pairs],
+                                  [metrics.bleu_tokens(p) for p, _ in pairs], weights=(0.25,) * 4,
+                                  smoothing_function=smooth)
     assert agg["bleu4_corpus"] == pytest.approx(expected_corpus)
     assert os.path.exists(agg["plots"][0])
 

@@ -2,7 +2,7 @@
 
 A test row (JSONL, same format as training) carries the reference answer in its last ``gpt`` turn (or an
 ``answer`` field) and may name its task in a ``task`` field; a meta-JSON entry may set ``task`` for a whole
-dataset and ``eval/custom_eval.py --task`` overrides both.
+dataset, and ``eval/custom_eval.py --task`` applies to rows that name none (``internvl.evaluation.testset``).
 
 Contract (``EvalTask``):
 

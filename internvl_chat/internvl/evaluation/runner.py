@@ -47,15 +47,13 @@ def generation_config(max_new_tokens: int = 64, temperature: float = 0.0, eos_to
     return cfg
 
 
-def _to_model(items: list, device, dtype):
-    import torch
+def to_model_inputs(items: list, device, dtype):
+    """Items on the model's device and dtype, stacked when they share a shape (as the training collator does)."""
+    from internvl.train.collate import stack_items
 
     if not items:
         return None
-    items = [t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in items]
-    if all(t.shape == items[0].shape for t in items):
-        return torch.stack(items)
-    return items
+    return stack_items([t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in items])
 
 
 def generate_predictions(model, tokenizer, samples: list[Sample], loader: MediaLoader, gen_cfg: dict, *,
@@ -79,7 +77,7 @@ def generate_predictions(model, tokenizer, samples: list[Sample], loader: MediaL
             return
         items = [t for _, its, _, _ in pending for t in its]
         with torch.inference_mode():
-            answers = model.batch_chat(tokenizer, _to_model(items, device, dtype), [q for *_, q in pending],
+            answers = model.batch_chat(tokenizer, to_model_inputs(items, device, dtype), [q for *_, q in pending],
                                        dict(gen_cfg), num_patches_list=[n for _, _, nums, _ in pending for n in nums],
                                        image_counts=[len(nums) for _, _, nums, _ in pending])
         for (s, *_), answer in zip(pending, answers):
@@ -106,7 +104,7 @@ def generate_predictions(model, tokenizer, samples: list[Sample], loader: MediaL
             bar.update(1)
             continue
         if history or s.system is not None:  # batch_chat has neither: these go one by one through chat
-            _emit(s, _chat_one(model, tokenizer, _to_model(items, device, dtype), question, gen_cfg, history,
+            _emit(s, _chat_one(model, tokenizer, to_model_inputs(items, device, dtype), question, gen_cfg, history,
                                per_ref, s.system))
             continue
         pending.append((s, items, per_ref, question))

@@ -55,22 +55,24 @@ class Sample:
 
 # ---------------------------------------------------------------------------------------------- reading test sets
 def read_samples(data: str, *, task: str | None = None, root: str | None = None,
-                 limit: int | None = None) -> list[Sample]:
-    """Samples of a JSONL file or a meta JSON; ``limit`` keeps the first N rows of each dataset."""
+                 limit: int | None = None, require_reference: bool = True) -> list[Sample]:
+    """Samples of a JSONL file or a meta JSON; ``limit`` keeps the first N rows of each dataset.
+    ``require_reference=False`` accepts question-only rows (inference)."""
     if data.endswith(".json"):
         from internvl.train.meta import load_meta
 
         samples = []
         for spec in load_meta(data):  # same validation and path resolution as training
-            samples += _read_jsonl(spec.annotation, spec.name, spec.root, spec.task, task, spec.options, limit)
+            samples += _read_jsonl(spec.annotation, spec.name, spec.root, spec.task, task, spec.options, limit,
+                                   require_reference)
         return samples
     name = os.path.splitext(os.path.basename(data))[0]
     return _read_jsonl(data, name, root if root is not None else os.path.dirname(os.path.abspath(data)), None,
-                       task, {}, limit)
+                       task, {}, limit, require_reference)
 
 
 def _read_jsonl(path: str, dataset: str, root: str | None, meta_task: str | None, cli_task: str | None,
-                options: dict, limit: int | None) -> list[Sample]:
+                options: dict, limit: int | None, require_reference: bool = True) -> list[Sample]:
     from internvl.train.jsonl import JsonlIndex
 
     if not os.path.exists(path):
@@ -80,7 +82,7 @@ def _read_jsonl(path: str, dataset: str, root: str | None, meta_task: str | None
     for i in range(len(index) if limit is None else min(limit, len(index))):
         row = index.read(i)  # DataError naming path:line on a malformed line
         line_no = int(index.linenos[i])
-        question, history, reference, system = split_row(row, index.ref(i))
+        question, history, reference, system = split_row(row, index.ref(i), require_reference)
         name = row.get("task") or meta_task or cli_task or default_task(row, question)
         samples.append(Sample(uid=f"{dataset}:{line_no}", dataset=dataset, source=path, line=line_no, row=row,
                               task=name, question=question, reference=reference, history=history, root=root,
@@ -88,13 +90,13 @@ def _read_jsonl(path: str, dataset: str, root: str | None, meta_task: str | None
     return samples
 
 
-def split_row(row: dict, where: str) -> tuple[str, list[tuple[str, str]], Any, str | None]:
+def split_row(row: dict, where: str, require_reference: bool = True) -> tuple[str, list[tuple[str, str]], Any, str | None]:
     """(question, history [(q, a)...], reference, system prompt) of a row; ``ValueError`` naming ``where``."""
     conv = row.get("conversations")
     if conv is None:
-        if "question" not in row or "answer" not in row:
+        if "question" not in row or ("answer" not in row and require_reference):
             raise ValueError(f"{where}: row has neither 'conversations' nor 'question' + 'answer'")
-        return str(row["question"]), [], row["answer"], None
+        return str(row["question"]), [], row.get("answer"), None
     if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
         raise ValueError(f"{where}: 'conversations' must be a list of {{'from', 'value'}} turns")
     system = conv[0]["value"] if conv and conv[0].get("from") == "system" else None
@@ -103,7 +105,7 @@ def split_row(row: dict, where: str) -> tuple[str, list[tuple[str, str]], Any, s
     if turns and turns[-1].get("from") in ("gpt", "assistant"):
         reference, turns = turns[-1]["value"], turns[:-1]
     reference = row.get("answer", reference)
-    if reference is None:
+    if reference is None and require_reference:
         raise ValueError(f"{where}: no reference answer (no final 'gpt' turn and no 'answer' field)")
     roles = [t.get("from") for t in turns]
     if not turns or len(turns) % 2 == 0 or any(

@@ -200,15 +200,15 @@ def load_model(cls, path: str, dtype=None, device=None, **overrides):
 
     raw = read_config(path)
     model_type = raw.get("model_type")
+    if model_type not in ("internvl_chat", "internvl"):
+        raise CheckpointError(f"{Path(path) / 'config.json'}: model_type {model_type!r} is not an InternVL checkpoint "
+                              "we can map (expected 'internvl_chat' (original) or 'internvl' (-hf))")
     state = read_weights(path)
     if model_type == "internvl_chat":
         kwargs = {k: v for k, v in raw.items() if k not in ("auto_map", "transformers_version")}
-    elif model_type == "internvl":
+    else:
         kwargs = config_from_hf(raw)
         state = hf_state_to_ours(state)
-    else:
-        raise CheckpointError(f"{Path(path) / 'config.json'}: model_type {model_type!r} is not an InternVL checkpoint "
-                              "we can map (expected 'internvl_chat' (original) or 'internvl' (-hf))")
     kwargs.update(overrides)
     try:
         config = cls.config_class(**kwargs)
