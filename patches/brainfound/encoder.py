@@ -342,3 +342,5 @@ def brainfound_unet(pretrained_path: str | None = None, preset: str | None = Non
 
 
 brainfound_unet.config_kwargs_from_dict = config_kwargs_from_dict
+# the small same-code-path variant the core's encoder contract tests build
+brainfound_unet.tiny_overrides = {"preset": "tiny"}

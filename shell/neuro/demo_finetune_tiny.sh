@@ -31,8 +31,8 @@ internvl_finetune \
     --freeze_backbone False \
     --grad_checkpoint False \
     --max_seq_length 256 \
-    --num_train_epochs 6 \
-    --learning_rate 1e-3 \
+    --num_train_epochs 10 \
+    --learning_rate 5e-4 \
     --weight_decay 0.01 \
     --warmup_ratio 0.05 \
     --lr_scheduler_type cosine \

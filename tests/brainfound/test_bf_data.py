@@ -182,3 +182,19 @@ def test_tiny_text_model_is_reproducible(tmp_path):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert model(**enc).last_hidden_state.shape == (2, enc["input_ids"].shape[1], 16)
+
+
+def test_volume_kind_feeds_brainfound_unet_ct(tmp_path, tokenizer):
+    """The neuro ``volume`` reader, configured by the encoder's ``preprocess`` property, gives [3, D, H, W] CT items in
+    [-1, 1] (the 160/40 window in every channel) that brainfound_unet encodes as num_slices x tokens-per-slice."""
+    import nibabel as nib
+
+    vol = synthetic_head(np.random.default_rng(4), depth=6, size=24, lesion="hemorrhage")
+    nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    cfg = _chat_config(tokenizer)
+    (item,) = MEDIA_READERS.get("volume")(cfg, {}).load(str(tmp_path / "ct.nii.gz"))
+    assert item.shape == (3, 6, 24, 24) and torch.equal(item[0], item[2])
+    assert item.min() >= -1 - 1e-6 and item.max() <= 1 + 1e-6
+    expect = (volume_to_unit_slices(vol, "CT", 0) - 0.5) / 0.5
+    torch.testing.assert_close(item[0], expect, atol=2 / 255, rtol=0)  # the neuro reader keeps uint8 levels
+    assert token_count(cfg, item) == 4 * 9

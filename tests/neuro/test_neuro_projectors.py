@@ -72,3 +72,14 @@ def test_qformer_is_blip2(make_chat_config):
     assert isinstance(proj.qformer, Blip2QFormerModel)
     assert proj.qformer.config.encoder_hidden_size == 64 and proj.query_tokens.shape == (1, 6, 32)
     assert proj(enc(torch.randn(2, 1, 32, 32, 32))).shape == (2, 6, 32)
+
+
+def test_spatial_pool_position_codes(make_chat_config):
+    enc = create_vision_model("brain3d_vit_tiny")
+    plain = create_projector(make_chat_config(enc.config, "spatial_pool_mlp")).eval()
+    coded = create_projector(make_chat_config(enc.config, "spatial_pool_mlp", {"pos_embed": True})).eval()
+    assert plain.pos_embed is None and coded.pos_embed.shape == (1, 8, 64)
+    same = torch.zeros(1, 64, 64)  # identical content everywhere: only the codes tell the 8 cells apart
+    pooled = coded.pool(same)[0]
+    assert torch.cdist(pooled, pooled).add(torch.eye(8) * 1e3).min() > 0.1
+    assert torch.equal(plain.pool(same)[0], torch.zeros(8, 64))

@@ -80,13 +80,14 @@ def _tensor(state: dict, suffix: str) -> torch.Tensor:
 
 
 def test_unfreeze_lm_head_trains_under_lora(tiny_model_dir, small_demo, tmp_path):
-    """Two optimizer steps through the real entry point: lm_head and the adapters move, the frozen LLM does not,
-    and the LoRA checkpoint reloads with the trained head."""
+    """Two optimizer steps through the real entry point (InternVL's LoRA recipe: frozen LLM, gradient
+    checkpointing): lm_head and the adapters move, the frozen LLM does not, and the LoRA checkpoint reloads with the
+    trained head."""
     out = tmp_path / "out"
     main(["--model_name_or_path", str(tiny_model_dir), "--meta_path", str(small_demo / "train_meta.json"),
           "--conv_style", "internvl2_5", "--force_image_size", "112", "--output_dir", str(out),
           "--freeze_backbone", "True", "--freeze_mlp", "True", "--freeze_llm", "True", "--use_llm_lora", "4",
-          "--unfreeze_lm_head", "True", "--grad_checkpoint", "False", "--max_steps", "2",
+          "--unfreeze_lm_head", "True", "--grad_checkpoint", "True", "--max_steps", "2",
           "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--save_strategy", "no",
           "--report_to", "none", "--disable_tqdm", "True", "--max_seq_length", "512"])
     before = load_file(str(tiny_model_dir / "model.safetensors"))

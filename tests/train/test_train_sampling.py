@@ -11,7 +11,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from internvl.model.internvl_chat import InternVLChatModel
 from internvl.train.dataset import build_datasets
-from internvl.train.internvl_chat_finetune import parse_args
+from internvl.train.internvl_chat_finetune import build_train_dataset, parse_args
 from internvl.train.sampling import TrainDataset
 from internvl.train.trainer_utils import InternVLTrainer
 
@@ -64,3 +64,14 @@ def test_length_estimates_and_group_by_length_sampler(tiny, small_demo, tmp_path
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler) and list(sampler.lengths) == lengths
     assert sorted(sampler) == list(range(len(data)))
+
+
+def test_bad_sample_flags_reach_the_datasets(tiny, small_demo, tmp_path):
+    tokenizer, model = tiny
+    meta = str(small_demo / "train_meta.json")
+    for flags, fraction in (([], 0.0), (["--skip_bad_samples", "True"], 0.01),
+                            (["--skip_bad_samples", "True", "--bad_sample_budget", "0.25"], 0.25)):
+        _, data_args, args, _ = parse_args(["--output_dir", str(tmp_path), "--meta_path", meta,
+                                            "--conv_style", "internvl2_5", *flags])
+        data = build_train_dataset(tokenizer, model, data_args, args)
+        assert [d.skip_fraction for d in data.concat.datasets] == [fraction]

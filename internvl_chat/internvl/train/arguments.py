@@ -19,9 +19,9 @@ On a machine without CUDA ``use_cpu`` is switched on: accelerate only sets up a 
 when told it runs on CPU, also under DeepSpeed's CPU accelerator.
 
 ``--deepspeed NAME.json`` not found in the working directory resolves against ``internvl_chat/`` (where InternVL's
-``zero_stage{1,2,3}_config.json`` live), so the launchers run from the repo root. Without CUDA the config's
-Adam/AdamW is switched to torch's implementation (``torch_adam``); DeepSpeed would otherwise JIT-compile its CPU
-fused Adam (measured: ~75 s on 2 cores, and a C++ toolchain is needed).
+``zero_stage{1,2,3}_config.json`` live), so the launchers run from the repo root. Without CUDA (or without a CUDA
+toolkit to build DeepSpeed's fused Adam) the config's Adam/AdamW is switched to torch's (``torch_adam``); see
+``deepspeed_config_for_device``.
 """
 from __future__ import annotations
 
@@ -157,18 +157,27 @@ def resolve_deepspeed_config(path: str | None) -> str | None:
 
 
 def deepspeed_config_for_device(path: str | None):
-    """The DeepSpeed config to use: on a machine without CUDA, its Adam/AdamW optimizer is told to use torch's
-    implementation (``torch_adam``) instead of JIT-compiling DeepSpeed's CPU fused Adam, and the dict is
-    returned; on GPUs the file path is returned unchanged."""
-    if not path or torch.cuda.is_available():
+    """The DeepSpeed config to use. DeepSpeed's Adam/AdamW is a JIT-compiled extension (CPU: a C++ build, ~75 s
+    measured on 2 cores; GPU: needs nvcc). Where it cannot or should not be built (no CUDA, or CUDA without a CUDA
+    toolkit) the optimizer is told to use torch's implementation (``torch_adam``) and the config is returned as a
+    dict; otherwise the file path is returned unchanged."""
+    if not path:
         return path
+    if torch.cuda.is_available():
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is not None:
+            return path
+        reason = "no CUDA toolkit (nvcc) to build DeepSpeed's fused Adam"
+    else:
+        reason = "no CUDA"
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     opt = config.get("optimizer")
     offload = (config.get("zero_optimization") or {}).get("offload_optimizer")
     if opt and str(opt.get("type", "")).lower() in ("adam", "adamw") and not offload:
         opt.setdefault("params", {})["torch_adam"] = True
-        logger.info("no CUDA: DeepSpeed optimizer %s uses torch's implementation (torch_adam)", opt["type"])
+        logger.info("%s: DeepSpeed optimizer %s uses torch's implementation (torch_adam)", reason, opt["type"])
     return config
 
 
