@@ -16,7 +16,7 @@ setup(
     packages=core + plugins,
     package_dir={"internvl": "internvl_chat/internvl", "patches": "patches"},
     include_package_data=True,
-    package_data={"internvl": ["zero_stage*_config.json"], "patches": ["**/*.json", "**/*.yaml"]},
+    package_data={"patches": ["**/*.json", "**/*.yaml", "**/*.md"]},
     install_requires=[
         # plain PyPI torch (CPU is fine); 2.13.0's local CPU wheel breaks torchvision, which timm imports
         "torch>=2.4,!=2.13.0",
@@ -47,6 +47,7 @@ setup(
         "nibabel>=5",
         "pydicom>=3",
         "pandas",
+        "pyyaml",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout"],

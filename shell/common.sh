@@ -81,7 +81,8 @@ if [ "$LAUNCHER" = slurm ]; then WORLD=$GPUS; else WORLD=$((GPUS * NNODES)); fi
 BATCH_SIZE=${BATCH_SIZE:-$((PER_DEVICE_BATCH_SIZE * WORLD))}
 internvl_is_uint "$BATCH_SIZE" || internvl_die "BATCH_SIZE must be a whole number, got '$BATCH_SIZE'"
 GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / WORLD))
-[ "$GRADIENT_ACC" -ge 1 ] || internvl_die "BATCH_SIZE=$BATCH_SIZE is smaller than PER_DEVICE_BATCH_SIZE=$PER_DEVICE_BATCH_SIZE x $WORLD processes"
+[ "$GRADIENT_ACC" -ge 1 ] ||
+    internvl_die "BATCH_SIZE=$BATCH_SIZE is smaller than PER_DEVICE_BATCH_SIZE=$PER_DEVICE_BATCH_SIZE x $WORLD processes"
 if [ $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD)) -ne "$BATCH_SIZE" ]; then
     echo "warning: BATCH_SIZE=$BATCH_SIZE is not a multiple of PER_DEVICE_BATCH_SIZE x processes;" \
         "the global batch is $((GRADIENT_ACC * PER_DEVICE_BATCH_SIZE * WORLD))" >&2
@@ -91,7 +92,10 @@ export PYTHONPATH="$INTERNVL_ROOT/internvl_chat${PYTHONPATH:+:$PYTHONPATH}"
 export MASTER_PORT LAUNCHER TF_CPP_MIN_LOG_LEVEL=3 TOKENIZERS_PARALLELISM=false
 
 # cuda-bf16 | cuda-fp16 (GPUs without bf16, e.g. V100/T4) | cpu; INTERNVL_DEVICE overrides the detection
-INTERNVL_DEVICE=${INTERNVL_DEVICE:-$("$PYTHON" -c 'import torch; c = torch.cuda.is_available(); print("cpu" if not c else "cuda-bf16" if torch.cuda.is_bf16_supported() else "cuda-fp16")')} ||
+INTERNVL_DETECT='import torch
+if not torch.cuda.is_available(): print("cpu")
+else: print("cuda-bf16" if torch.cuda.is_bf16_supported() else "cuda-fp16")'
+INTERNVL_DEVICE=${INTERNVL_DEVICE:-$("$PYTHON" -c "$INTERNVL_DETECT")} ||
     internvl_die "$PYTHON cannot import torch (create the environment with: make venv)"
 case "$INTERNVL_DEVICE" in
     cuda-bf16) INTERNVL_PRECISION="--bf16 True --fp16 False" ;;

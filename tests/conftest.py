@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: longer than ~20 s and also covered by a demo script")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
@@ -25,8 +29,10 @@ def repo_root() -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """``pretrained/build_tiny.py`` output (tiny intern_vit + Qwen2 + BPE tokenizer), built fresh for the session."""
     out = tmp_path_factory.mktemp("tiny") / "InternVL-tiny"
-    subprocess.run([sys.executable, str(REPO / "pretrained" / "build_tiny.py"), "--out", str(out)], check=True,
-                   cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, str(REPO / "pretrained" / "build_tiny.py"), "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"pretrained/build_tiny.py failed:\n{res.stderr[-3000:]}")
     return out
 
 

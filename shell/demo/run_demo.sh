@@ -27,7 +27,14 @@ timed() {  # timed LABEL COMMAND...: run COMMAND, append "LABEL seconds" to $TIM
 }
 
 accuracy() {  # accuracy RESULTS.json: the mcq accuracy custom_eval recorded
-    "$PYTHON" -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["metrics"]["by_task"]["mcq"]["accuracy"])' "$1"
+    "$PYTHON" -c 'import json, sys
+print("%.3f" % json.load(open(sys.argv[1]))["metrics"]["by_task"]["mcq"]["accuracy"])' "$1"
+}
+
+first_mcq() {  # first_mcq FIELD: the first demo MCQ test row's image path or question (without <image>)
+    "$PYTHON" -c 'import json, sys
+row = json.loads(open("data/demo/test_mcq.jsonl").readline())
+print("data/demo/" + row["image"] if sys.argv[1] == "image" else row["conversations"][0]["value"].replace("<image>\n", ""))' "$1"
 }
 
 echo "== 1/5 tiny model and demo data"
@@ -42,8 +49,8 @@ echo "== 4/5 evaluate after training"
 timed eval_after "$PYTHON" eval/custom_eval.py --model "$OUTPUT_DIR" --data data/demo/test_meta.json \
     --out "$WORK/eval_after.json" --max-new-tokens 8 --no-resume --no-progress
 echo "== 5/5 chat with the finetuned model"
-IMAGE=$("$PYTHON" -c 'import json; print("data/demo/" + json.loads(open("data/demo/test_mcq.jsonl").readline())["image"])')
-QUESTION=$("$PYTHON" -c 'import json; r = json.loads(open("data/demo/test_mcq.jsonl").readline()); print(r["conversations"][0]["value"].replace("<image>\n", ""))')
+IMAGE=$(first_mcq image)
+QUESTION=$(first_mcq question)
 echo "image: $IMAGE"
 echo "question: $QUESTION"
 timed chat "$PYTHON" inference_v2.py --model "$OUTPUT_DIR" --image "$IMAGE" --question "$QUESTION" --max-new-tokens 8

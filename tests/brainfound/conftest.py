@@ -13,10 +13,6 @@ from bf_helpers import one_thread, tiny_ddpm_config
 HERE = Path(__file__).resolve().parent
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: longer than ~20 s; also covered by a demo script")
-
-
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("BRAINFOUND_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
         return

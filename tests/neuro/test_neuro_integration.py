@@ -93,3 +93,32 @@ def test_internvl_checkpoint_roundtrip(tmp_path, tokenizer, projector, opts):
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.extract_feature(x), again.extract_feature(x), rtol=0, atol=0)
+
+
+def test_neurovfm_ragged_rows_through_the_core(tmp_path, tokenizer):
+    """Background-removed, variable-length token sets per volume, one batch, through InternVLChatModel."""
+    from internvl.model.internvl_chat import InternVLChatConfig
+    from internvl.train.collate import DataCollator
+    from internvl.train.dataset import SupervisedDataset
+    from internvl.train.meta import load_meta
+
+    save_nifti(phantom((30, 34, 28), lesion="left"), str(tmp_path / "a.nii.gz"))
+    save_nifti(phantom((40, 30, 20), seed=4), str(tmp_path / "b.nii.gz"), axcodes="PSR")
+    turn = [{"from": "human", "value": "<image>\nLesion?"}, {"from": "gpt", "value": "yes"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"volume": f, "conversations": turn}) + "\n"
+                                              for f in ("a.nii.gz", "b.nii.gz")))
+    (tmp_path / "m.json").write_text(json.dumps({"d": {"root": str(tmp_path), "annotation": str(tmp_path / "t.jsonl")}}))
+    config = InternVLChatConfig.build(vision="neurovfm_tokens_tiny", vision_overrides={"preprocess": {"target_spacing": [2, 1, 1]}},
+                                      llm_config=dict(LLM, vocab_size=len(tokenizer)), projector="mlp",
+                                      template="internvl2_5")
+    ds = SupervisedDataset(load_meta(str(tmp_path / "m.json"))[0], tokenizer, config, max_seq_length=4096)
+    samples = [ds[0], ds[1]]
+    ctx = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    counts = [int((s["input_ids"] == ctx).sum()) for s in samples]
+    assert counts[0] != counts[1] and min(counts) > 0  # foreground token counts differ per volume
+    assert [s["pixel_values"][0].shape[1:] for s in samples] == [(14, 34, 30), (10, 30, 40)]
+    model = _model(config, tokenizer).train()
+    out = model(**DataCollator.from_tokenizer(tokenizer)(samples))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.vision_model.token_embed.weight.grad.abs().sum() > 0

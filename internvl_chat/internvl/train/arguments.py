@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "InternVL chat checkpoint to finetune (config.json + safetensors + tokenizer)."})
+        default=None, metadata={"help": "InternVL chat checkpoint to finetune (config, safetensors, tokenizer)."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and put it in eval mode)."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Freeze the vision encoder."})
     freeze_mlp: bool = field(default=False, metadata={"help": "Freeze the projector (mlp1)."})
     unfreeze_vit_layers: int = field(
-        default=0, metadata={"help": "Train vision layers [N:] even with --freeze_backbone (negative N: the last |N|)."})
+        default=0, metadata={"help": "Train vision layers [N:] even with --freeze_backbone (N < 0: the last |N|)."})
     vision_select_layer: int = field(default=-1, metadata={"help": "Vision layer whose output feeds the projector."})
     use_backbone_lora: int = field(default=0, metadata={"help": "LoRA rank for the vision encoder (0: off)."})
     use_llm_lora: int = field(default=0, metadata={"help": "LoRA rank for the language model (0: off)."})
@@ -80,7 +80,7 @@ class DataTrainingArguments:
     max_seq_length: int = field(default=8192, metadata={"help": "Longer samples are truncated (never an image span)."})
     force_image_size: int | None = field(
         default=None, metadata={"help": "Tile size; must equal the checkpoint's (default: the checkpoint's)."})
-    down_sample_ratio: float = field(default=0.5, metadata={"help": "Pixel-shuffle ratio; must equal the checkpoint's."})
+    down_sample_ratio: float = field(default=0.5, metadata={"help": "Pixel-shuffle ratio (= the checkpoint's)."})
     pad2square: bool = field(default=False, metadata={"help": "Pad images to square (InternVL 1.x)."})
     dynamic_image_size: bool = field(default=False, metadata={"help": "Dynamic tiling of images."})
     use_thumbnail: bool = field(default=False, metadata={"help": "Append a thumbnail tile when an image is tiled."})

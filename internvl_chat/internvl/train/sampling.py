@@ -40,7 +40,8 @@ class TrainDataset(Dataset):
             total = int(sizes.sum())
             which = torch.multinomial(probs, total, replacement=True, generator=gen)
             offsets = [0] + list(concat.cumulative_sizes[:-1])
-            self.index_map = [offsets[d] + int(torch.randint(int(sizes[d]), (1,), generator=gen)) for d in which.tolist()]
+            self.index_map = [offsets[d] + int(torch.randint(int(sizes[d]), (1,), generator=gen))
+                              for d in which.tolist()]
             shares = torch.bincount(which, minlength=len(sizes)).tolist()
             for ds, share in zip(concat.datasets, shares):
                 logger.info("data resampling: %r drawn %d times (%d samples)", getattr(ds.spec, "name", "?"),

@@ -210,6 +210,8 @@ PRESETS = {
     "neurovfm_tokens_tiny": dict(token_size=(2, 8, 8), hidden_size=48, pe_dim=12, depth=2, num_heads=4, mlp_ratio=2.0),
 }
 
+TINY_OF = {"neurovfm_tokens": "neurovfm_tokens_tiny", "neurovfm_tokens_tiny": "neurovfm_tokens_tiny"}
+
 
 def _register(name: str) -> None:
     @register_vision_model(name)
@@ -218,6 +220,9 @@ def _register(name: str) -> None:
         return NeuroVFMTokens(NeuroVFMTokensConfig(**{**PRESETS[name], **overrides}))
 
     build.__name__ = f"build_{name}"
+    # the small same-code-path variant the core's encoder contract tests build
+    tiny = TINY_OF[name]
+    build.tiny_overrides = {} if tiny == name else dict(PRESETS[tiny])
 
 
 for _name in PRESETS:

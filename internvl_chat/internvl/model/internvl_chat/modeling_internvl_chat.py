@@ -255,8 +255,10 @@ class InternVLChatModel(PreTrainedModel):
     def wrap_backbone_lora(self, r: int = 128, lora_alpha: int | None = None, lora_dropout: float = 0.05):
         from peft import LoraConfig, get_peft_model
 
+        # an encoder may name new, randomly initialised parts (e.g. a feature head) that must train in full
         cfg = LoraConfig(r=r, lora_alpha=lora_alpha or 2 * r, lora_dropout=lora_dropout,
-                         target_modules=self.vision_model.lora_target_modules)
+                         target_modules=self.vision_model.lora_target_modules,
+                         modules_to_save=getattr(self.vision_model, "lora_modules_to_save", None))
         self.vision_model = get_peft_model(self.vision_model, cfg)
         self.config.use_backbone_lora = r
 

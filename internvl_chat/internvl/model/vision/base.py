@@ -134,5 +134,7 @@ class VisionEncoder(PreTrainedModel):
         """Module-name suffixes that ``--use_backbone_lora`` wraps (peft ``target_modules``)."""
         return ["q_proj", "k_proj", "v_proj", "proj", "fc1", "fc2"]
 
+    lora_modules_to_save: list[str] | None = None  # parts trained in full under --use_backbone_lora
+
     def _init_weights(self, module):  # weights are set by each encoder's constructor; keep them
         return
