@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv
+.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound
 
 venv: $(VENV)/.installed
 
@@ -22,3 +22,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest tests/ $(PYTEST_ARGS)
+
+# Second demos, one per plugin (documented in README.md; not part of the two main commands)
+demo-pathology: venv
+	PYTHON=$(PY) sh shell/pathology/demo.sh
+
+demo-neuro: venv
+	PYTHON=$(PY) sh shell/neuro/demo.sh
+
+demo-brainfound: venv
+	PYTHON=$(PY) sh shell/brainfound/demo.sh

@@ -16,8 +16,9 @@
   ``build_info.json`` with every parameter; an identical existing build is kept (``force`` rebuilds).
   The folder is built in a temporary sibling and swapped in whole.
 
-Chance is 1/3 for the side question and 1/2 for presence (balanced classes). The matching training run is
-``shell/neuro/demo.sh`` (tiny InternVL + ``brain3d_vit_tiny`` + ``spatial_pool_mlp``).
+Chance is 1/3 for the side question and 1/2 for presence (2/3 of the volumes have a lesion). The matching
+training run is ``shell/neuro/demo.sh`` (tiny InternVL + ``brain3d_vit_tiny`` + ``spatial_pool_mlp``); measured
+results are in ``patches/neuro/README.md`` (presence is learned; the side is the harder, spatial question).
 
     python -m patches.neuro.demo --out data/demo_neuro [--n-train 360] [--n-test 90] [--seed 0] [--force]
 """

@@ -1,16 +1,18 @@
 """Evaluation tasks parsed from generated text: ``neuro_classification`` and ``neuro_regression``.
 
 ``neuro_classification`` (study-level labels: lesion yes/no, hemisphere, sex, diagnosis): the class set comes
-from the task option ``classes``, else the sample's ``classes``/``options`` field, else the references seen.
-The prediction is parsed to the class whose name (or an alias from ``synonyms``, e.g. ``{"female": ["F"]}``)
-occurs first as a whole word (longest name wins at the same position); none -> ``"<unparsed>"``, counted
-wrong. Score fields: ``ref_label``, ``pred_label``, ``correct``, ``parsed`` (the raw texts stay the evaluator's). Metrics (sklearn): accuracy, balanced accuracy, macro-F1, the confusion matrix (PNG) and, when samples
-carry per-class ``scores`` (``{"class": probability}``, e.g. from the evaluator's option likelihoods), AUROC
+from the task option ``classes``, else the sample's ``classes``/``options`` field; without one, the normalised
+answer text must match exactly. The prediction is parsed to the class whose name (or an alias from
+``synonyms``, e.g. ``{"female": ["F"]}``) occurs first as a whole word (longest name wins at the same
+position); none -> ``"<unparsed>"``, counted wrong. Score fields: ``ref_label``, ``pred_label``, ``correct``,
+``parsed`` (the raw texts stay the evaluator's). Metrics (sklearn): accuracy, balanced accuracy, macro-F1, the
+confusion matrix (PNG) and, when samples carry per-class ``scores`` (``{"class": probability}``), AUROC
 (binary, or one-vs-rest macro).
 
 ``neuro_regression`` (e.g. brain age from T1): the first number in the prediction (an optional ``scale``
-divides it; score fields ``ref_value``, ``pred_value``, ``abs_error``, ``parsed``); metrics MAE, RMSE, Pearson r and Spearman rho (scipy) over the parsed samples, plus the number
-unparsed (reported, never dropped silently) and a scatter plot.
+divides it); score fields ``ref_value``, ``pred_value``, ``abs_error``, ``parsed``; metrics MAE, RMSE,
+Pearson r and Spearman rho (scipy) over the parsed samples, plus the number unparsed (reported, never dropped
+silently) and a scatter plot.
 """
 from __future__ import annotations
 

@@ -217,3 +217,28 @@ def test_source_digest_tracks_content(tmp_path):
     d1 = source_digest(p)
     save_nifti(phantom((8, 8, 8), seed=1), str(p))
     assert source_digest(p) != d1
+
+
+def test_sheared_stack_refused(tmp_path):
+    folder = tmp_path / "tilt"
+    write_dicom_series(np.zeros((8, 8, 5)), str(folder), spacing=(1.0, 1.0, 2.0))
+    for name in os.listdir(folder):  # move each slice sideways by 0.5 mm per mm of height: a tilted gantry
+        ds = pydicom.dcmread(folder / name)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.5 * z, z]
+        ds.save_as(folder / name)
+    with pytest.raises(InconsistentSeriesError, match="not stacked along their normal.*gantry tilt"):
+        read_volume(folder)
+
+
+def test_multiframe_dicom_refused(tmp_path):
+    import nibabel
+
+    src = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data", "philips_mprage.dcm.gz")
+    if not os.path.exists(src):
+        pytest.skip(f"nibabel's enhanced multi-frame test file is not installed ({src})")
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    (folder / "mprage.dcm").write_bytes(gzip.decompress(open(src, "rb").read()))
+    with pytest.raises(VolumeError, match="mprage.dcm: multi-frame .* not supported"):
+        read_volume(folder)

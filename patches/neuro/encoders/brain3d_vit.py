@@ -266,7 +266,8 @@ PRESETS = {
     "brain3d_vit_4d_tiny": dict(volume_shape=(16, 16, 16), patch_size=(8, 8, 8), num_frames=4, frame_patch=2, **_TINY),
 }
 
-TINY_OF = {"brain3d_vit": "brain3d_vit_tiny", "brain3d_vit_tiny": "brain3d_vit_tiny", "brain3d_vit_4d": "brain3d_vit_4d_tiny", "brain3d_vit_4d_tiny": "brain3d_vit_4d_tiny"}
+TINY_OF = {"brain3d_vit": "brain3d_vit_tiny", "brain3d_vit_tiny": "brain3d_vit_tiny",
+           "brain3d_vit_4d": "brain3d_vit_4d_tiny", "brain3d_vit_4d_tiny": "brain3d_vit_4d_tiny"}
 
 
 def _register(name: str) -> None:
