@@ -13,7 +13,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from internvl.model.vision.base import VISION_MODELS, create_vision_model_from_dict, encoder_class
+from internvl.model.vision.base import (VISION_MODELS, config_kwargs_from_dict, create_vision_model_from_dict,
+                                        encoder_class)
 
 
 def llm_config_from_dict(cfg: dict | PretrainedConfig) -> PretrainedConfig:
@@ -110,13 +111,7 @@ class InternVLChatConfig(PretrainedConfig):
 
 def _vision_config_from_dict(cfg: dict) -> PretrainedConfig:
     """The encoder's own config object for a saved dict (built through the registry)."""
-    cls = encoder_class(cfg)
-    converter = getattr(cls, "config_kwargs_from_dict", None)
-    if converter is not None:
-        kwargs = converter(cfg)
-    else:
-        kwargs = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "architectures")}
-    config = cls.config_class(**kwargs)
+    config = encoder_class(cfg).config_class(**config_kwargs_from_dict(cfg))
     config.encoder_name = VISION_MODELS.resolve(cfg.get("encoder_name") or cfg.get("model_type"))
     return config
 

@@ -35,7 +35,7 @@ from internvl.registry import Registry
 VISION_MODELS = Registry("vision model")
 
 # keys of a saved config dict that are bookkeeping, not constructor arguments
-_META_KEYS = {"model_type", "transformers_version", "architectures", "encoder_name", "_name_or_path", "dtype",
+META_KEYS = {"model_type", "transformers_version", "architectures", "encoder_name", "_name_or_path", "dtype",
               "torch_dtype", "_attn_implementation_autoset", "output_attentions", "output_hidden_states",
               "return_dict", "use_return_dict", "_commit_hash"}
 
@@ -65,15 +65,18 @@ def vision_config_to_dict(config: PretrainedConfig) -> dict:
     return config.to_dict()
 
 
+def config_kwargs_from_dict(cfg: dict) -> dict:
+    """Constructor kwargs for the encoder a saved ``vision_config`` dict names (its own hook, else meta keys dropped)."""
+    converter = getattr(encoder_class(cfg), "config_kwargs_from_dict", None)
+    return converter(cfg) if converter else {k: v for k, v in cfg.items() if k not in META_KEYS}
+
+
 def create_vision_model_from_dict(cfg: dict) -> "VisionEncoder":
     """Rebuild an encoder from a saved ``vision_config`` dict (``encoder_name``, else ``model_type`` as alias)."""
     name = cfg.get("encoder_name") or cfg.get("model_type")
     if not name:
         raise ValueError("vision_config names no encoder (neither 'encoder_name' nor 'model_type')")
-    cls = VISION_MODELS.get(name)
-    converter = getattr(cls, "config_kwargs_from_dict", None)
-    kwargs = converter(cfg) if converter else {k: v for k, v in cfg.items() if k not in _META_KEYS}
-    return create_vision_model(name, **kwargs)
+    return create_vision_model(name, **config_kwargs_from_dict(cfg))
 
 
 def encoder_class(cfg_or_name) -> type:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import InternVLVisionConfig, InternVLVisionModel, PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, register_vision_model
+from internvl.model.vision.base import META_KEYS, VisionEncoder, register_vision_model
 
 
 class InternViTConfig(PretrainedConfig):
@@ -125,8 +125,7 @@ def hf_to_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-_META = {"model_type", "transformers_version", "architectures", "auto_map", "_name_or_path", "dtype", "torch_dtype",
-         "encoder_name"}
+_META = META_KEYS | {"auto_map"}
 
 
 def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
