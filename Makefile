@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound
+.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed
 
 venv: $(VENV)/.installed
 
@@ -32,3 +32,7 @@ demo-neuro: venv
 
 demo-brainfound: venv
 	PYTHON=$(PY) sh shell/brainfound/demo.sh
+
+# two vision towers in one model (image + volume), answers that need both
+demo-mixed: venv
+	PYTHON=$(PY) sh shell/neuro/demo_mixed.sh

@@ -7,7 +7,8 @@
 Media: ``--image PATH`` (repeatable) is the core ``image`` kind; ``--media KIND=PATH`` (repeatable) reads any kind a
 plugin registered (``wsi``, ``features``, ``volume``, ...) through the same reader training uses. Without
 ``<image>`` placeholders in the question one is put in front per media reference; with them, their count must
-match. ``--temperature 0`` (the default) is greedy. A JSONL line holds ``question`` (or ``conversations``) and
+match; with several media kinds (``--image A --media volume=B``) each reference goes to the tower that reads its
+kind, through the same row processor training uses. ``--temperature 0`` (the default) is greedy. A JSONL line holds ``question`` (or ``conversations``) and
 media keys (``image``, ``volume``, ...; relative paths resolve against the JSONL's folder); one JSON answer per
 line is written to stdout (or ``--out``). Bad input (missing/unreadable media, placeholder count, a checkpoint
 we cannot map) prints one ``error:`` line naming the file and exits with status 2.
@@ -52,34 +53,37 @@ def media_refs(args) -> list[tuple[str, str]]:
     return refs
 
 
-def single(args, model, tokenizer, loader) -> None:
+def single(args, model, tokenizer, processor) -> None:
     from transformers import TextStreamer
 
-    from internvl.evaluation.runner import generation_config, to_model_inputs
-    from internvl.evaluation.testset import Sample
+    from internvl.evaluation.runner import generation_config, media_inputs
 
     row: dict = {}
     for kind, path in media_refs(args):
         row.setdefault(kind, []).append(os.path.abspath(path))
-    sample = Sample(uid="cli:1", dataset="cli", source="<command line>", line=1, row=row, task="open_qa",
-                    question=args.question, reference=None, root=None)
-    items, per_ref, question, _ = loader.load(sample)
+    n_refs = sum(len(v) for v in row.values())
+    question = args.question
+    if n_refs > 1 and "<image>" not in question:  # one placeholder per reference, in --image/--media order
+        question = "<image>\n" * n_refs + question
+    row["question"] = question
+    inputs = processor.prompt_inputs(row, "<command line>")
     gen = generation_config(args.max_new_tokens, args.temperature)
     if not args.no_stream:
         gen["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     dtype = next(model.parameters()).dtype
-    answer = model.chat(tokenizer, to_model_inputs(items, model.device, dtype), question, gen,
-                        num_patches_list=per_ref or None)
+    answer = model.generate_text(tokenizer, [inputs.input_ids], gen,
+                                 pixel_values=media_inputs(inputs.items, inputs.item_kinds, model.device, dtype),
+                                 item_kinds=inputs.item_kinds or None)[0]
     if args.no_stream:
         print(answer)
 
 
-def batch(args, model, tokenizer, loader) -> None:
+def batch(args, model, tokenizer, processor) -> None:
     from internvl.evaluation.runner import generate_predictions, generation_config
     from internvl.evaluation.testset import read_samples
 
     samples = read_samples(args.jsonl, task="open_qa", require_reference=False)
-    answers = generate_predictions(model, tokenizer, samples, loader,
+    answers = generate_predictions(model, tokenizer, samples, processor,
                                    generation_config(args.max_new_tokens, args.temperature),
                                    batch_size=args.batch_size)
     out = open(args.out, "w") if args.out else sys.stdout
@@ -94,8 +98,8 @@ def batch(args, model, tokenizer, loader) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from internvl.data.processor import RowProcessor
     from internvl.evaluation.runner import load_model
-    from internvl.evaluation.testset import MediaLoader
     from internvl.media import MediaError
     from internvl.model.checkpoint import CheckpointError
     from internvl.registry import load_plugins
@@ -104,8 +108,8 @@ def main(argv=None) -> int:
     try:
         model, tokenizer = load_model(args.model, device=args.device)
         options = {} if args.max_num is None else {"max_dynamic_patch": args.max_num}
-        loader = MediaLoader(model.config, options)
-        (single if args.question else batch)(args, model, tokenizer, loader)
+        processor = RowProcessor(model.config, tokenizer, options=options)
+        (single if args.question else batch)(args, model, tokenizer, processor)
     except (MediaError, CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,3 +42,26 @@ def wsi_fixtures() -> Path:
     if not path.is_dir():
         pytest.skip(f"real-slide fixtures not present at {path} (they live in ../shared, absent in user clones)")
     return path
+
+
+@pytest.fixture(scope="session")
+def nib_data() -> Path:
+    """nibabel's shipped test volumes (``nibabel/tests/data``)."""
+    import nibabel
+
+    # nibabel.testing.data_path; importing nibabel.testing pulls pytest helpers, so use the same folder directly
+    path = Path(nibabel.__file__).parent / "tests" / "data"
+    if not (path / "anatomical.nii").exists():
+        pytest.skip(f"nibabel test data not installed at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dicom_dirs() -> Path:
+    """pydicom's shipped DICOM series (``dicomdirtests``: clean CT5N, gapped CT2, ...)."""
+    import pydicom.data
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
+    if not (path / "98892001" / "CT5N").is_dir():
+        pytest.skip(f"pydicom's dicomdirtests series not installed at {path}")
+    return path

@@ -16,7 +16,7 @@ template            rendered                                                    
 
 ``Conversation.end_token`` is the string that closes a message (``sep`` without trailing whitespace); generation
 stops on it and training supervises it. ``render_prompt`` is the one-call form used by ``chat()``/``batch_chat``.
-The same objects drive label masking in ``internvl.train.preprocess`` (``message_pieces``), so training and
+The same objects drive label masking in ``internvl.prompt`` (``message_pieces``), so training and
 inference render identical strings.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 from transformers import PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from internvl.model.vision.base import VisionEncoder, register_vision_model
 from patches.brainfound.preprocess import select_slices
 
 logger = logging.getLogger(__name__)
@@ -322,8 +322,7 @@ def config_kwargs_from_dict(cfg: dict[str, Any]) -> dict[str, Any]:
 BrainfoundUNetEncoder.config_kwargs_from_dict = staticmethod(config_kwargs_from_dict)
 
 
-@register_vision_model("brainfound_unet")
-@encoder_factory(BrainfoundUNetEncoder)
+@register_vision_model("brainfound_unet", encoder=BrainfoundUNetEncoder, tiny={"preset": "tiny"})
 def brainfound_unet(pretrained_path: str | None = None, preset: str | None = None, **overrides: Any):
     """Build the encoder: ``preset`` ("full" default, "tiny") + ``overrides``; ``pretrained_path`` loads weights.
 
@@ -340,7 +339,3 @@ def brainfound_unet(pretrained_path: str | None = None, preset: str | None = Non
         weights.load_into(model, src)
     return model
 
-
-brainfound_unet.config_kwargs_from_dict = config_kwargs_from_dict
-# the small same-code-path variant the core's encoder contract tests build
-brainfound_unet.tiny_overrides = {"preset": "tiny"}

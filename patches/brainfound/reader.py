@@ -39,6 +39,7 @@ class MeditkReader(MediaReader):
     placeholder = "<meditk>"
     placeholder_aliases = ()
     is_file = True
+    option_names = frozenset(_OPTION_KEYS)
 
     def __init__(self, config, options: dict[str, Any] | None = None):
         super().__init__(config, options)

@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from internvl.model.vision.base import META_KEYS, VisionEncoder, register_vision_model
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
-_SAVED_ONLY = {"model_type", "transformers_version", "architectures", "encoder_name", "_name_or_path"}
 LAYERS = {"swiglu_packed": "timm.layers.SwiGLUPacked", "silu": "torch.nn.SiLU", "gelu": "torch.nn.GELU"}
 
 
@@ -126,6 +125,7 @@ class TimmTileEncoder(VisionEncoder):
     """A timm ViT tile encoder under the VisionEncoder contract (see module docstring)."""
 
     config_class = TileEncoderConfig
+    machine_local_keys = ("weights_source",)
 
     def __init__(self, config: TileEncoderConfig):
         super().__init__(config)
@@ -149,7 +149,7 @@ class TimmTileEncoder(VisionEncoder):
     @classmethod
     def config_kwargs_from_dict(cls, cfg: dict) -> dict:
         """Constructor kwargs from a saved/overridden config dict; the preset defaults to the registered name."""
-        out = {k: v for k, v in cfg.items() if k not in _SAVED_ONLY}
+        out = {k: v for k, v in cfg.items() if k not in META_KEYS}
         name = cfg.get("encoder_name") or cfg.get("model_type")
         out.setdefault("preset", name if name in PRESETS else "virchow2")
         return out
@@ -293,10 +293,40 @@ def build_tile_encoder(preset: str, weights: str | None = None, **overrides) -> 
 # the small same-code-path variant the core's encoder contract tests build (``tiny_overrides``); 96 keeps SwiGLU even
 _TINY = {"timm_kwargs": {"embed_dim": 96, "depth": 1, "num_heads": 2}}
 
-for _name in PRESETS:  # one registry entry per preset row, all the same class
-    _factory = encoder_factory(TimmTileEncoder)(functools.partial(build_tile_encoder, _name))
-    _factory.tiny_overrides = _TINY
-    register_vision_model(_name)(_factory)
+# one registry entry per preset row, each a factory of the same class (``weights=PATH`` loads weights)
+@register_vision_model("virchow2", encoder=TimmTileEncoder, tiny=_TINY)
+def virchow2(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("virchow2", weights, **overrides)
+
+
+@register_vision_model("virchow", encoder=TimmTileEncoder, tiny=_TINY)
+def virchow(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("virchow", weights, **overrides)
+
+
+@register_vision_model("uni", encoder=TimmTileEncoder, tiny=_TINY)
+def uni(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("uni", weights, **overrides)
+
+
+@register_vision_model("uni2_h", encoder=TimmTileEncoder, tiny=_TINY)
+def uni2_h(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("uni2_h", weights, **overrides)
+
+
+@register_vision_model("h_optimus_0", encoder=TimmTileEncoder, tiny=_TINY)
+def h_optimus_0(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("h_optimus_0", weights, **overrides)
+
+
+@register_vision_model("prov_gigapath", encoder=TimmTileEncoder, tiny=_TINY)
+def prov_gigapath(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("prov_gigapath", weights, **overrides)
+
+
+@register_vision_model("virchow2_tiny", encoder=TimmTileEncoder, tiny=_TINY)
+def virchow2_tiny(weights: str | None = None, **overrides) -> TimmTileEncoder:
+    return build_tile_encoder("virchow2_tiny", weights, **overrides)
 
 
 def tile_encoder_names() -> list[str]:

@@ -44,6 +44,7 @@ def subsample(bag: torch.Tensor, max_tiles: int | None, is_train: bool) -> torch
 class _BagReader(MediaReader):
     placeholder = "<image>"
     is_file = True
+    option_names = frozenset({"tile_encoder", "max_tiles"})
 
     @property
     def vision_config(self):
@@ -96,6 +97,8 @@ def _weights_identity(weights: str, mtime_ns: int) -> str:
 @register_media_reader("wsi", aliases=("slide",))
 class SlideReader(_BagReader):
     kind = "wsi"
+    option_names = _BagReader.option_names | {"mpp", "tile_size", "slide_mpp", "tile_encoder_weights",
+                                              "tile_encoder_seed", "feature_cache", "max_tiles_on_the_fly"}
 
     def _settings(self):
         from patches.pathology.extract import ExtractSettings

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from internvl.model.vision.base import VisionEncoder, register_vision_model
 
 
 class SlideFeaturesConfig(PretrainedConfig):
@@ -48,6 +48,7 @@ class SlideFeatureEncoder(VisionEncoder):
     """Pass-through (+ LayerNorm) for feature bags; variable-length bags stay a list, never padded."""
 
     config_class = SlideFeaturesConfig
+    machine_local_keys = ("tile_encoder_weights", "feature_cache")  # paths on this machine: data options instead
 
     def __init__(self, config: SlideFeaturesConfig):
         super().__init__(config)
@@ -83,10 +84,6 @@ class SlideFeatureEncoder(VisionEncoder):
         return self.norm(pixel_values.to(self.dtype))
 
 
-@register_vision_model("slide_features")
-@encoder_factory(SlideFeatureEncoder)
+@register_vision_model("slide_features", encoder=SlideFeatureEncoder, tiny={"feature_dim": 32, "tile_encoder": None})
 def slide_features(**overrides) -> SlideFeatureEncoder:
     return SlideFeatureEncoder(SlideFeaturesConfig(**overrides))
-
-
-slide_features.tiny_overrides = {"feature_dim": 32, "tile_encoder": None}

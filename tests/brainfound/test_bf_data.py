@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from internvl.media import MEDIA_READERS, MediaError, token_count
+from internvl.media import MEDIA_READERS, MediaError
 from patches.brainfound.preprocess import (SliceAugment, minmax_per_slice, sample_generator, select_slices,
                                            volume_to_unit_slices, window_ct)
 from patches.brainfound.synthetic import synthetic_head
@@ -111,7 +111,7 @@ def test_meditk_reader_items(tmp_path, tokenizer):
     items = reader.load(str(tmp_path / "scan.npz"))
     assert len(items) == 4 and items[0].shape == (3, 32, 32)
     assert items[0].min() >= -1 and items[0].max() <= 1
-    assert token_count(cfg, items[0]) == 9
+    assert cfg.num_context_tokens(items[0]) == 9
     per_ref = reader.load({"path": str(tmp_path / "scan.npz"), "num_slices": 6, "slice_select": "first"})
     assert len(per_ref) == 6
     with pytest.raises(MediaError, match="unknown meditk option"):
@@ -123,7 +123,7 @@ def test_meditk_reader_items(tmp_path, tokenizer):
 def test_brainfound_jsonl_rows_through_the_core_dataset(tmp_path, tokenizer):
     """Brainfound's mcq.jsonl / qa.jsonl row shapes (key meditk, placeholder <meditk>, .npz) load unchanged."""
     from internvl.train.dataset import SupervisedDataset
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     (tmp_path / "post_data_npz").mkdir()
     for i in range(2):
@@ -197,4 +197,4 @@ def test_volume_kind_feeds_brainfound_unet_ct(tmp_path, tokenizer):
     assert item.min() >= -1 - 1e-6 and item.max() <= 1 + 1e-6
     expect = (volume_to_unit_slices(vol, "CT", 0) - 0.5) / 0.5
     torch.testing.assert_close(item[0], expect, atol=2 / 255, rtol=0)  # the neuro reader keeps uint8 levels
-    assert token_count(cfg, item) == 4 * 9
+    assert cfg.num_context_tokens(item) == 4 * 9

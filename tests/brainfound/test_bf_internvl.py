@@ -75,9 +75,9 @@ def test_backbone_lora_checkpoint_roundtrip(tmp_path, tokenizer):
 
 
 def test_meditk_rows_to_loss_and_gradients(tmp_path, tokenizer):
-    from internvl.train.collate import DataCollator
+    from internvl.data.collate import DataCollator
     from internvl.train.dataset import SupervisedDataset
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     for i, lesion in enumerate(("normal", "hemorrhage")):
         np.savez(tmp_path / f"{i}.npz", data=synthetic_head(np.random.default_rng(i), 8, 40, lesion).astype(np.int16))

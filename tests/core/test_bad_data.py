@@ -5,10 +5,10 @@ import pytest
 from torch.utils.data import DataLoader
 
 from core_data_helpers import bad_rows, qa, write_jsonl, write_meta
-from internvl.train.collate import DataCollator
+from internvl.data.collate import DataCollator
 from internvl.train.dataset import SupervisedDataset, skip_fraction
-from internvl.train.errors import DataError, SkipBudgetExceeded, TemplateError
-from internvl.train.meta import load_meta
+from internvl.errors import DataError, SkipBudgetExceeded, TemplateError
+from internvl.data.meta import load_meta
 
 OPTS = {"dynamic_image_size": True, "use_thumbnail": True, "max_dynamic_patch": 4}
 

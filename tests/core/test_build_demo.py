@@ -46,7 +46,7 @@ def _digest(folder: Path, names=("train.jsonl", "test_mcq.jsonl", "test_open.jso
 
 
 def test_split_sizes_and_meta(demo):
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     train, mcq, open_ = (_rows(demo / n) for n in ("train.jsonl", "test_mcq.jsonl", "test_open.jsonl"))
     assert (len(train), len(mcq), len(open_)) == (400, 60, 20)

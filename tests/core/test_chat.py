@@ -42,6 +42,6 @@ def test_chat_history_and_multi_image(tiny):
 def test_placeholder_count_mismatch_raises(tiny):
     model, tok = tiny
     size = model.config.image_size
-    with pytest.raises(ValueError, match="placeholders"):
+    with pytest.raises(ValueError, match="placeholder"):
         model.chat(tok, torch.randn(2, 3, size, size), "<image>\n<image>\n<image>\nHi", dict(GREEDY),
                    num_patches_list=[1, 1])

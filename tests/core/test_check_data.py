@@ -36,7 +36,7 @@ def test_every_bad_case_is_reported(tmp_path, tiny_model_dir, capsys):
         assert f"{reason}={count}" in table["mixed"]
     assert "missing_annotation=1" in table["gone"]
     for i, (_, reason) in enumerate(cases, start=2):
-        assert f"{tmp_path / 'bad.jsonl'}:{i}  [{reason}]" in out
+        assert f"{tmp_path / 'bad.jsonl'}:{i} [{reason}]" in out
     assert "absent.jsonl" in out
 
 
@@ -62,5 +62,5 @@ def test_module_entry_point(tmp_path, tiny_model_dir):
     proc = subprocess.run([sys.executable, "-m", "internvl.tools.check_data", str(meta), "--model",
                            str(tiny_model_dir)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
-    assert f"{tmp_path / 'a.jsonl'}:2  [malformed_json]" in proc.stdout
+    assert f"{tmp_path / 'a.jsonl'}:2 [malformed_json]" in proc.stdout
     assert "check a" in proc.stderr  # tqdm progress

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from internvl.evaluation.runner import MediaLoader, evaluate, load_model, read_samples
+from internvl.data.processor import RowProcessor
+from internvl.evaluation.runner import evaluate, load_model, read_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +72,7 @@ def test_batching_does_not_change_greedy_predictions(tiny, demo, tmp_path):
 
 
 class _CrashingModel:
-    """The real model, except that the n-th batch_chat call dies (a killed run)."""
+    """The real model, except that the n-th generate_text call dies (a killed run)."""
 
     def __init__(self, model, crash_on: int):
         self._model, self._crash_on, self._calls = model, crash_on, 0
@@ -79,11 +80,11 @@ class _CrashingModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def batch_chat(self, *args, **kwargs):
+    def generate_text(self, *args, **kwargs):
         self._calls += 1
         if self._calls == self._crash_on:
             raise KeyboardInterrupt("simulated kill")
-        return self._model.batch_chat(*args, **kwargs)
+        return self._model.generate_text(*args, **kwargs)
 
 
 def test_resume_after_a_crash_reuses_finished_predictions(tiny, demo, tmp_path):
@@ -140,7 +141,7 @@ def test_multiturn_system_textonly_and_multi_image_rows(tiny, demo, tmp_path):
     res = _run(tiny, data, tmp_path / "m.json", batch_size=4)
     assert res["summary"]["n_scored"] == 5 and {s["task"] for s in res["samples"]} == {"open_qa"}
     bad = _jsonl(demo / "bad.jsonl", [{"image": img, "conversations": _turns("<image> <image> two?", "x")}])
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: 2 media placeholders for 1"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: 2 '<image>' placeholder\(s\) in the user turns but 1 media"):
         _run(tiny, bad, tmp_path / "bad.json")
 
 
@@ -154,13 +155,15 @@ def test_meta_reader_options_reach_the_image_reader(tiny, tmp_path):
                                 "four": {"root": str(tmp_path), "annotation": str(tmp_path / "w.jsonl")}}))
     model = tiny[1]
     by_name = {s.dataset: s for s in read_samples(str(meta))}
-    loader = MediaLoader(model.config)
     assert model.config.max_dynamic_patch == 4
-    items_one, per_ref_one, _, _ = loader.load(by_name["one"])
-    items_four, per_ref_four, _, _ = loader.load(by_name["four"])
-    assert per_ref_one == [1] and per_ref_four == [5]  # 4x1 grid + thumbnail
-    cli = MediaLoader(model.config, {"max_dynamic_patch": 2})  # --max-num 2: the default, the meta entry wins
-    assert cli.load(by_name["four"])[1] == [3] and cli.load(by_name["one"])[1] == [1]
+
+    def n_items(proc, s):
+        return len(proc.prompt_inputs(s.row, s.where, root=s.root, dataset_options=s.options).items)
+
+    proc = RowProcessor(model.config, tiny[2])
+    assert n_items(proc, by_name["one"]) == 1 and n_items(proc, by_name["four"]) == 5  # 4x1 grid + thumbnail
+    cli = RowProcessor(model.config, tiny[2], options={"max_dynamic_patch": 2})  # --max-num 2; the meta entry wins
+    assert n_items(cli, by_name["four"]) == 3 and n_items(cli, by_name["one"]) == 1
 
 
 def test_unscorable_rows_fail_before_any_generation(tiny, tmp_path):
@@ -178,9 +181,9 @@ def test_rows_the_training_dataset_rejects_are_rejected(tiny, demo, tmp_path):
     rows = [{"image": [img, img], "conversations": _turns("two images, no placeholder", "x")},
             {"image": img, "video": "clip.mp4", "conversations": _turns("<image>\nq", "x")}]
     data = _jsonl(tmp_path / "r.jsonl", rows)
-    loader = MediaLoader(tiny[1].config)
+    proc = RowProcessor(tiny[1].config, tiny[2])
     first, second = read_samples(str(data))
-    with pytest.raises(ValueError, match="r.jsonl:1: 0 media placeholders for 2"):
-        loader.load(first)
-    with pytest.raises(ValueError, match="r.jsonl:2: no media reader is registered for 'video'"):
-        loader.load(second)
+    with pytest.raises(ValueError, match=r"r.jsonl:1: 0 '<image>' placeholder\(s\) in the user turns but 2"):
+        proc.prompt_inputs(first.row, first.where, root=first.root)
+    with pytest.raises(ValueError, match="r.jsonl:2: row has 'video' media but no media reader is registered"):
+        proc.prompt_inputs(second.row, second.where, root=second.root)

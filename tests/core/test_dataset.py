@@ -9,11 +9,11 @@ from transformers import PretrainedConfig
 from core_data_helpers import qa, write_image, write_jsonl, write_meta
 from internvl.media import MEDIA_READERS, MediaReader, register_media_reader
 from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
-from internvl.model.vision.base import VISION_MODELS, VisionEncoder
-from internvl.train.constants import IGNORE_INDEX
+from internvl.model.vision.base import VISION_MODELS, EncoderSpec, VisionEncoder
+from internvl.constants import IGNORE_INDEX
 from internvl.train.dataset import SupervisedDataset, build_datasets
-from internvl.train.errors import DataError
-from internvl.train.meta import MetaError, load_meta, select_lines
+from internvl.errors import DataError
+from internvl.data.meta import MetaError, load_meta, select_lines
 
 
 def _dataset(tmp_path, rows, tok, config, *, repeat_time=1, name="ds", **kw):
@@ -44,12 +44,12 @@ def test_row_types(tmp_path, tok, chat_config):
     per_tile = chat_config.num_image_token
     size = chat_config.image_size
     text, single, multi, ground, system = (ds[i] for i in range(5))
-    # text-only: one dummy item, flag 0, no context token
-    assert text["image_flags"].tolist() == [0] and len(text["pixel_values"]) == 1 and _ctx(tok, text) == 0
-    assert text["pixel_values"][0].shape == (3, size, size)
+    # text-only: no item, no context token
+    assert text["pixel_values"] == [] and text["item_kinds"] == [] and _ctx(tok, text) == 0
     assert text["sample_ref"].endswith("ann.jsonl:1")
     # single image: 5 tiles, prepended placeholder
-    assert single["image_flags"].tolist() == [1] * 5 and _ctx(tok, single) == 5 * per_tile
+    assert single["item_kinds"] == ["image"] * 5 and _ctx(tok, single) == 5 * per_tile
+    assert single["pixel_values"][0].shape == (3, size, size)
     assert tok.decode(single["input_ids"]).count("<img>") == 1
     assert "</img>\nDescribe." in tok.decode(single["input_ids"])
     # multi image: the 4-tile budget is shared (2 each: 2x1 + thumbnail for wide, 1 for the square)
@@ -155,7 +155,7 @@ class BagReader(MediaReader):
 
 @pytest.fixture(scope="module")
 def bag_kind():
-    VISION_MODELS.register("core_test_bag", BagEncoder)
+    VISION_MODELS.register("core_test_bag", EncoderSpec("core_test_bag", BagEncoder, BagEncoder))
     register_media_reader("core_test_bag", aliases=("core_test_feats",))(BagReader)
     yield
     VISION_MODELS._items.pop("core_test_bag")
@@ -177,17 +177,17 @@ def test_plugin_kind_dispatch_and_kind_check(tmp_path, tok, chat_config, bag_kin
     ds = _dataset(tmp_path, rows, tok, cfg)
     one, two, text = ds[0], ds[1], ds[2]
     assert _ctx(tok, one) == 3 and [t.shape for t in one["pixel_values"]] == [(3, 8)]
-    assert _ctx(tok, two) == 8 and one["image_flags"].tolist() == [1] and two["image_flags"].tolist() == [1, 1]
-    assert text["pixel_values"][0].shape == (1, 8) and text["image_flags"].tolist() == [0]
-    with pytest.raises(DataError, match=r"ann\.jsonl:4: row has 'image' media but the vision encoder "
-                                        r"'core_test_bag' reads \['core_test_bag'\]") as err:
+    assert _ctx(tok, two) == 8 and one["item_kinds"] == ["core_test_bag"] and len(two["item_kinds"]) == 2
+    assert text["pixel_values"] == []
+    with pytest.raises(DataError, match=r"ann\.jsonl:4: row has 'image' media but no vision encoder of this model "
+                                        r"reads 'image' media; it reads \['core_test_bag'\]") as err:
         ds[3]
     assert err.value.reason == "incompatible_kind"
     # and the image encoder refuses bags, naming the line
     ds_img = _dataset(tmp_path / "other", [qa("<bag>", core_test_bag="../img/b1.json")], tok, chat_config)
-    with pytest.raises(DataError, match=r"ann\.jsonl:1: row has 'core_test_bag' media .* reads \['image'\]"):
+    with pytest.raises(DataError, match=r"ann\.jsonl:1: row has 'core_test_bag' media .* it reads \['image'\]"):
         ds_img[0]
     # a text row must not carry any registered placeholder
     ds_txt = _dataset(tmp_path / "t", [qa("what is <bag>?")], tok, cfg)
-    with pytest.raises(DataError, match="1 '<bag>' placeholder.* no media"):
+    with pytest.raises(DataError, match=r"\['<bag>'\] placeholder.* no media"):
         ds_txt[0]

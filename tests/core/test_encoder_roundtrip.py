@@ -4,20 +4,17 @@ import pytest
 import torch
 
 from helpers_model import TINY_QWEN2
-from internvl.media import token_count
-from internvl.model import VISION_MODELS, VisionEncoder, create_vision_model, encoder_class, list_vision_models
+from internvl.media import MEDIA_READERS
+from internvl.model import (VISION_MODELS, VisionEncoder, create_vision_model, encoder_class, list_vision_models,
+                            vision_config_to_dict, vision_model_spec)
 from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
 
 ENCODERS = list_vision_models()  # plugins included (entry points), the core's intern_vit always
 
 
 def tiny(name):
-    entry = VISION_MODELS.get(name)
-    overrides = getattr(entry, "tiny_overrides", None)
-    if overrides is None:
-        pytest.fail(f"vision model {name!r} declares no tiny_overrides (see the encoder contract)")
     torch.manual_seed(0)
-    return create_vision_model(name, **overrides)
+    return create_vision_model(name, **vision_model_spec(name).tiny_overrides)
 
 
 def test_core_encoder_registered():
@@ -28,7 +25,18 @@ def test_core_encoder_registered():
 def test_contract_and_standalone_round_trip(name, tmp_path):
     enc = tiny(name).eval()
     assert isinstance(enc, VisionEncoder) and enc.config.encoder_name == VISION_MODELS.resolve(name)
-    item = encoder_class(enc.config).dummy_input(enc.config)
+    cls = encoder_class(enc.config)
+    assert cls is vision_model_spec(name).encoder_class and isinstance(enc.config, cls.config_class)
+    kinds = cls.media_kinds(enc.config)
+    assert kinds and all(k in MEDIA_READERS for k in kinds), f"{name} reads unregistered kinds {kinds}"
+    saved = vision_config_to_dict(enc.config)
+    assert not set(cls.machine_local_keys) & set(saved)
+    try:
+        layers = enc.layer_list()
+        assert isinstance(layers, torch.nn.ModuleList) and len(layers) > 0
+    except ValueError as exc:  # declared refusal, never an AttributeError
+        assert "--unfreeze_vit_layers" in str(exc)
+    item = cls.dummy_input(enc.config)
     with torch.no_grad():
         feats = enc(item.unsqueeze(0))
     feats = feats[0] if isinstance(feats, (list, tuple)) else feats[0]
@@ -49,10 +57,10 @@ def test_round_trip_inside_internvl_checkpoint(name, tmp_path):
     torch.manual_seed(1)
     model = InternVLChatModel(config).eval()
     model.img_context_token_id = 317
-    item = model.config.vision_encoder_class.dummy_input(model.config.vision_config)
+    item = encoder_class(model.config.vision_config).dummy_input(model.config.vision_config)
     if item.is_floating_point():
         item = item + torch.randn_like(item) * 0.1
-    n = token_count(model.config, item)
+    n = model.config.num_context_tokens(item)
     ids = torch.tensor([[11, 12] + [317] * n + [13]])
     model.save_pretrained(tmp_path)
     loaded = InternVLChatModel.from_pretrained(tmp_path)

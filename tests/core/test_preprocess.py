@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from internvl.conversation import get_conv_template
-from internvl.train.constants import IGNORE_INDEX
-from internvl.train.errors import DataError, TemplateError
-from internvl.train.preprocess import image_token_string, preprocess
+from internvl.constants import IGNORE_INDEX
+from internvl.errors import DataError, TemplateError
+from internvl.prompt import image_token_string, preprocess
 
 CONV = [{"from": "human", "value": "<image>\nWhat is shown?"},
         {"from": "gpt", "value": "A nodule <ref>nodule</ref><box>[[10, 20, 300, 400]]</box>"},

@@ -23,12 +23,10 @@ def test_out_of_tree_plugin_by_module_path(tmp_path, monkeypatch):
         from internvl.model.vision.intern_vit import InternViTEncoder
         from internvl.model import register_vision_model
 
-        @register_vision_model("my_lab_vit")
+        @register_vision_model("my_lab_vit", encoder=InternViTEncoder)
         def my_lab_vit(**overrides):
             return InternViTEncoder(**{"image_size": 28, "hidden_size": 16, "num_hidden_layers": 1,
                                        "num_attention_heads": 2, "intermediate_size": 32, **overrides})
-        my_lab_vit.encoder_class = InternViTEncoder
-        my_lab_vit.tiny_overrides = {}
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     from internvl.model import create_vision_model

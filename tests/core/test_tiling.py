@@ -8,7 +8,7 @@ from PIL import Image
 from internvl.media import MediaError, reader_for_key
 from internvl.media.image import (ImageReader, build_transform, choose_grid, dynamic_preprocess, load_image,
                                   normalize_stats)
-from internvl.train.constants import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, SIGLIP_STD
+from internvl.constants import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, SIGLIP_STD
 
 # (w, h): (grid, tiles incl. thumbnail) for max 6 and max 12 -- the note's verified table
 TABLE = {

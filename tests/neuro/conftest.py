@@ -1,4 +1,4 @@
-"""Fixtures for the neuro plugin tests: where nibabel's and pydicom's shipped test volumes live, and a minimal
+"""Fixtures for the neuro plugin tests (nibabel's and pydicom's shipped volumes: ``tests/conftest.py``): a minimal
 chat-config stand-in (``vision_config`` + ``projector`` + ``llm_config``) for readers and projectors."""
 from __future__ import annotations
 
@@ -8,33 +8,18 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def nib_data() -> Path:
-    import nibabel
-
-    # nibabel.testing.data_path; importing nibabel.testing pulls pytest helpers, so use the same folder directly
-    path = Path(nibabel.__file__).parent / "tests" / "data"
-    if not (path / "anatomical.nii").exists():
-        pytest.skip(f"nibabel test data not installed at {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def dicom_dirs() -> Path:
-    import pydicom.data
-
-    path = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
-    if not (path / "98892001" / "CT5N").is_dir():
-        pytest.skip(f"pydicom's dicomdirtests series not installed at {path}")
-    return path
-
-
 def chat_config(vision_config, projector: str = "mlp", projector_config: dict | None = None, llm_hidden: int = 32):
-    """The attributes readers, ``token_count`` and projectors read from an ``InternVLChatConfig``."""
-    return types.SimpleNamespace(vision_config=vision_config, projector=projector,
-                                 projector_config=projector_config or {},
-                                 llm_config=types.SimpleNamespace(hidden_size=llm_hidden),
-                                 downsample_ratio=0.5, ps_version="v2")
+    """The attributes readers, projectors and ``num_context_tokens`` read from an ``InternVLChatConfig``."""
+    from internvl.model.projector import PROJECTORS
+    from internvl.model.vision.base import encoder_class
+
+    ns = types.SimpleNamespace(vision_config=vision_config, projector=projector,
+                               projector_config=projector_config or {},
+                               llm_config=types.SimpleNamespace(hidden_size=llm_hidden),
+                               downsample_ratio=0.5, ps_version="v2")
+    ns.num_context_tokens = lambda item, kind=None: PROJECTORS.get(projector).num_output_tokens(
+        ns, encoder_class(vision_config).num_tokens(vision_config, item))
+    return ns
 
 
 @pytest.fixture

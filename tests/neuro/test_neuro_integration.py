@@ -40,9 +40,9 @@ def _model(config, tokenizer):
 
 
 def test_rows_to_loss_and_gradients(tmp_path, tokenizer):
-    from internvl.train.collate import DataCollator
+    from internvl.data.collate import DataCollator
     from internvl.train.dataset import SupervisedDataset
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     save_nifti(phantom((30, 34, 28), lesion="left"), str(tmp_path / "t1.nii.gz"), axcodes="LPI")
     save_nifti(phantom((30, 34, 28), seed=2), str(tmp_path / "t2.nii.gz"))
@@ -98,9 +98,9 @@ def test_internvl_checkpoint_roundtrip(tmp_path, tokenizer, projector, opts):
 def test_neurovfm_ragged_rows_through_the_core(tmp_path, tokenizer):
     """Background-removed, variable-length token sets per volume, one batch, through InternVLChatModel."""
     from internvl.model.internvl_chat import InternVLChatConfig
-    from internvl.train.collate import DataCollator
+    from internvl.data.collate import DataCollator
     from internvl.train.dataset import SupervisedDataset
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     save_nifti(phantom((30, 34, 28), lesion="left"), str(tmp_path / "a.nii.gz"))
     save_nifti(phantom((40, 30, 20), seed=4), str(tmp_path / "b.nii.gz"), axcodes="PSR")

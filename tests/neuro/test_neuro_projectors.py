@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internvl.media.base import token_count
 from internvl.model.projector import PROJECTORS, create_projector
 from internvl.model.vision.base import create_vision_model
 from patches.neuro.projectors import SpatialPoolMLP
@@ -27,7 +26,7 @@ def test_spatial_pool_counts_and_values(make_chat_config):
     torch.testing.assert_close(pooled[:, -1], grid[:, 4:, 2:, 2:].mean(dim=(1, 2, 3)))  # partial last window
     assert proj(feats).shape == (2, 13, 32)
     item = torch.randn(1, 40, 32, 24)
-    assert token_count(cfg, item) == 13
+    assert cfg.num_context_tokens(item) == 13
     with pytest.raises(ValueError, match="grid"):
         PROJECTORS.get("spatial_pool_mlp").num_output_tokens(cfg, 50)
 

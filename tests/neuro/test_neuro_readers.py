@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from internvl.media.base import MEDIA_READERS, MediaError, token_count
+from internvl.media.base import MEDIA_READERS, MediaError
 from internvl.model.vision.base import create_vision_model
 from patches.neuro.readers import FmriReader, VolumeReader, preprocess_config_for
 from patches.neuro.synthetic import phantom, save_nifti, write_dicom_series
@@ -27,13 +27,13 @@ def test_registered_kinds():
     assert MEDIA_READERS.get("volume") is VolumeReader and MEDIA_READERS.get("fmri") is FmriReader
 
 
-def test_single_volume_item_and_token_count(vols, make_chat_config, tmp_path):
+def test_single_volume_item_and_vols.num_context_tokens(make_chat_config, tmp_path):
     enc = create_vision_model("brain3d_vit_tiny", preprocess={"target_spacing": [1.5, 1.5, 1.5]})
     cfg = make_chat_config(enc.config, "spatial_pool_mlp")
     reader = VolumeReader(cfg, {"volume_cache_dir": str(tmp_path / "cache")})
     items = reader.load(vols["t1"], is_train=True)
     assert len(items) == 1 and items[0].shape == (1, 32, 32, 32) and items[0].dtype == torch.float32
-    assert token_count(cfg, items[0]) == 8  # 4^3 grid pooled by 2
+    assert cfg.num_context_tokens(items[0]) == 8  # 4^3 grid pooled by 2
     again = reader.load(vols["t1"])  # from the cache
     torch.testing.assert_close(again[0], items[0])
 
@@ -64,7 +64,7 @@ def test_study_pool_and_concat(vols, make_chat_config):
     pooled_cfg = make_chat_config(create_vision_model("brain3d_vit_tiny", study_pooling="grid").config)
     (item,) = VolumeReader(pooled_cfg, {}).load(study)
     assert item.shape == (3, 1, 32, 32, 32)
-    assert token_count(pooled_cfg, item) == 64
+    assert pooled_cfg.num_context_tokens(item) == 64
     (same,) = VolumeReader(pooled_cfg, {}).load({"paths": study})
     torch.testing.assert_close(same, item)
     concat_cfg = make_chat_config(create_vision_model("brain3d_vit_tiny").config)
@@ -79,7 +79,7 @@ def test_ct_windows_as_series_study(vols, make_chat_config):
     cfg = make_chat_config(create_vision_model("brain3d_vit_tiny", study_pooling="bag", mil_heads=2,
                                                preprocess={"modality": "ct", "window_mode": "series"}).config)
     (item,) = VolumeReader(cfg, {}).load(vols["ct_dicom"])
-    assert item.shape == (3, 1, 32, 32, 32) and token_count(cfg, item) == 2
+    assert item.shape == (3, 1, 32, 32, 32) and cfg.num_context_tokens(item) == 2
 
 
 def test_neurovfm_gets_mask_channel_and_ragged_study(vols, make_chat_config):
@@ -96,7 +96,7 @@ def test_neurovfm_gets_mask_channel_and_ragged_study(vols, make_chat_config):
     (study,) = reader.load([vols["t1"], {"path": vols["ct_dicom"], "modality": "ct", "window_mode": "sample"}])
     assert study.shape[0] == 2
     assert type(enc).num_tokens(enc.config, study) == 1
-    assert token_count(cfg, study) == 4
+    assert cfg.num_context_tokens(study) == 4
 
 
 def test_fmri_reader(nib_data, make_chat_config):

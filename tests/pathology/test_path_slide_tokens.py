@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from internvl.media import MediaError, reader_for_key, token_count
+from internvl.media import MediaError, reader_for_key
 from internvl.model.internvl_chat import InternVLChatConfig
 from patches.pathology.extract import ExtractSettings, run
 
@@ -38,7 +38,7 @@ def test_aggregators_map_any_bag_size_to_k_tokens(projector):
     out = agg(enc(bags))
     assert [tuple(o.shape) for o in out] == [(5, 48)] * 3
     assert agg.num_output_tokens(cfg, 3000) == 5
-    assert token_count(cfg, bags[2]) == 5  # what <IMG_CONTEXT> is expanded to, whatever N is
+    assert cfg.num_context_tokens(bags[2]) == 5  # what <IMG_CONTEXT> is expanded to, whatever N is
     # bags are independent (no padding leaks between them) and tile order does not matter
     alone = agg(enc([bags[1]]))[0]
     torch.testing.assert_close(alone, out[1])

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from internvl.train.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
+from internvl.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
 from internvl.train.internvl_chat_finetune import add_special_tokens, load_model, parse_args
 
 

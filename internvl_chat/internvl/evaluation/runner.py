@@ -1,15 +1,16 @@
 """The reusable evaluation loop: samples -> batched generation -> per-task scores -> results.json.
 
 ``evaluate(model_dir, data, out)`` is what ``eval/custom_eval.py`` calls; the pieces are importable on their own
-(``internvl.evaluation.testset.read_samples`` / ``MediaLoader``, ``generate_predictions``, ``score_records``,
-``aggregate``). How rows become samples, how their task is chosen and how media are read: ``testset``.
+(``internvl.evaluation.testset.read_samples``, ``generate_predictions``, ``score_records``, ``aggregate``). How
+rows become samples and how their task is chosen: ``testset``; how a row becomes a prompt with its media: the
+row processor (``internvl.data.processor``), the same one training uses.
 
-Generation: ``model.batch_chat`` over ``batch_size`` samples at a time (greedy unless ``temperature > 0``);
-rows with chat history or their own system prompt go one by one through ``model.chat``. Tasks are looked up by
-name only (``internvl.evaluation.base.EVAL_TASKS``); plugins add theirs (``--plugins``). Every row is scored once
-with an empty prediction before any generation, so a row its task cannot score (an MCQ without options, ...)
-fails at once, naming ``file:line``. A ``MediaError`` skips the row under the ``max_skip`` budget (recorded in
-``skipped``); past the budget it raises.
+Generation: ``model.generate_text`` over ``batch_size`` prompts at a time (greedy unless ``temperature > 0``),
+history and a row's own system prompt included in its prompt. Tasks are looked up by name only
+(``internvl.evaluation.base.EVAL_TASKS``); plugins add theirs (``--plugins``). Every row is scored once with an
+empty prediction before any generation, so a row its task cannot score (an MCQ without options, ...) fails at
+once, naming ``file:line``. A row whose media are missing or unreadable is skipped under the ``max_skip`` budget
+(recorded in ``skipped``); past the budget it raises.
 
 Resume: predictions stream to ``<out>.partial.jsonl`` under a key made of the model files, the data files and
 the generation settings; a rerun with the same key generates only what is missing. ``results.json`` is written
@@ -24,14 +25,17 @@ import os
 import time
 from typing import Any, Iterable
 
+from internvl.data.collate import stack_items
+from internvl.data.processor import RowProcessor
+from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError
 from internvl.evaluation.base import EVAL_TASKS, create_task
-from internvl.evaluation.testset import MediaLoader, Sample, read_samples
+from internvl.evaluation.testset import Sample, read_samples
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-__all__ = ["MediaLoader", "Sample", "aggregate", "evaluate", "generate_predictions", "load_model", "read_samples",
+__all__ = ["Sample", "aggregate", "evaluate", "generate_predictions", "load_model", "read_samples",
            "score_records", "summary_rows"]
 
 
@@ -47,86 +51,66 @@ def generation_config(max_new_tokens: int = 64, temperature: float = 0.0, eos_to
     return cfg
 
 
-def to_model_inputs(items: list, device, dtype):
-    """Items on the model's device and dtype, stacked when they share a shape (as the training collator does)."""
-    from internvl.train.collate import stack_items
-
+def media_inputs(items: list, kinds: list[str], device, dtype) -> dict | None:
+    """Items grouped by kind on the model's device and dtype (as the training collator groups them)."""
     if not items:
         return None
-    return stack_items([t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in items])
+    moved = [t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in items]
+    return {kind: stack_items([t for t, k in zip(moved, kinds) if k == kind]) for kind in dict.fromkeys(kinds)}
 
 
-def generate_predictions(model, tokenizer, samples: list[Sample], loader: MediaLoader, gen_cfg: dict, *,
+def generate_predictions(model, tokenizer, samples: list[Sample], processor: RowProcessor, gen_cfg: dict, *,
                          batch_size: int = 8, max_skip: int = 0, on_prediction=None,
                          skipped: list | None = None, progress: bool = True) -> dict[str, str]:
     """uid -> prediction text. ``on_prediction(uid, text)`` is called as each one is ready (for resume files)."""
     import torch
     from tqdm import tqdm
 
-    from internvl.media import MediaError
-
     skipped = skipped if skipped is not None else []
     device = next(model.parameters()).device
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     out: dict[str, str] = {}
     bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not progress, dynamic_ncols=True)
-    pending: list[tuple[Sample, list, list[int], str]] = []
+    pending: list[tuple[Sample, Any]] = []
 
     def flush():
         if not pending:
             return
-        items = [t for _, its, _, _ in pending for t in its]
+        items = [t for _, p in pending for t in p.items]
+        kinds = [k for _, p in pending for k in p.item_kinds]
         with torch.inference_mode():
-            answers = model.batch_chat(tokenizer, to_model_inputs(items, device, dtype), [q for *_, q in pending],
-                                       dict(gen_cfg), num_patches_list=[n for _, _, nums, _ in pending for n in nums],
-                                       image_counts=[len(nums) for _, _, nums, _ in pending])
-        for (s, *_), answer in zip(pending, answers):
-            _emit(s, answer)
+            answers = model.generate_text(tokenizer, [p.input_ids for _, p in pending], dict(gen_cfg),
+                                          pixel_values=media_inputs(items, kinds, device, dtype),
+                                          item_kinds=kinds or None)
+        for (s, _), answer in zip(pending, answers):
+            out[s.uid] = answer
+            if on_prediction is not None:
+                on_prediction(s.uid, answer)
+            bar.update(1)
         pending.clear()
-
-    def _emit(s: Sample, answer: str):
-        out[s.uid] = answer
-        if on_prediction is not None:
-            on_prediction(s.uid, answer)
-        bar.update(1)
 
     for s in samples:
         try:
-            items, per_ref, question, history = loader.load(s)
-        except MediaError as exc:
+            inputs = processor.prompt_inputs(s.row, s.where, root=s.root, dataset_options=s.options)
+        except DataError as exc:
+            if exc.reason not in (MISSING_FILE, UNREADABLE_MEDIA):
+                bar.close()
+                raise
             skipped.append({"uid": s.uid, "dataset": s.dataset, "source": s.source, "line": s.line,
                             "id": s.row.get("id"), "error": str(exc)})
-            logger.warning("skipping %s: %s (%d skipped, budget %d)", s.where, exc, len(skipped), max_skip)
+            logger.warning("skipping %s (%d skipped, budget %d)", exc, len(skipped), max_skip)
             if len(skipped) > max_skip:
                 bar.close()
                 raise RuntimeError(f"{len(skipped)} rows with unreadable media, more than --max-skip {max_skip}; "
-                                   f"last: {s.where}: {exc}") from exc
+                                   f"last: {exc}") from exc
             bar.update(1)
             continue
-        if history or s.system is not None:  # batch_chat has neither: these go one by one through chat
-            _emit(s, _chat_one(model, tokenizer, to_model_inputs(items, device, dtype), question, gen_cfg, history,
-                               per_ref, s.system))
-            continue
-        pending.append((s, items, per_ref, question))
+        pending.append((s, inputs))
         if len(pending) >= batch_size:
             flush()
     flush()
     bar.close()
     return out
-
-
-def _chat_one(model, tokenizer, pixel_values, question, gen_cfg, history, per_ref, system):
-    import torch
-
-    saved = model.system_message
-    if system is not None:
-        model.system_message = system
-    try:
-        with torch.inference_mode():
-            return model.chat(tokenizer, pixel_values, question, dict(gen_cfg), history=history or None,
-                              num_patches_list=per_ref if per_ref else None)
-    finally:
-        model.system_message = saved
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -195,7 +179,7 @@ def model_files(model_dir: str) -> list[str]:
 def data_files(data: str) -> list[str]:
     if not data.endswith(".json"):
         return [data]
-    from internvl.train.meta import load_meta
+    from internvl.data.meta import load_meta
 
     return [data] + [spec.annotation for spec in load_meta(data)]
 
@@ -294,7 +278,7 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
     torch.manual_seed(seed)
     skipped: list[dict] = []
     t_gen = time.time()
-    generate_predictions(model, tokenizer, todo, MediaLoader(model.config, options), gen_cfg,
+    generate_predictions(model, tokenizer, todo, RowProcessor(model.config, tokenizer, options=options), gen_cfg,
                          batch_size=batch_size, max_skip=max_skip, on_prediction=cache.add, skipped=skipped,
                          progress=progress)
     gen_seconds = time.time() - t_gen

@@ -11,12 +11,20 @@ Contract (``MediaReader``):
   (other placeholders it accepts, e.g. Brainfound's ``<meditk>``; other row keys are registry aliases:
   ``@register_media_reader("volume", aliases=("meditk",))``) and ``is_file`` (whether references are paths
   resolved against the dataset ``root``).
-* ``__init__(self, config, options)``: ``config`` is the ``InternVLChatConfig`` (the reader takes tile size,
-  normalisation, volume shape ... from ``config.vision_config``); ``options`` is a dict of data options
-  (``dynamic_image_size``, ``max_dynamic_patch``, ``use_thumbnail``, ... plus per-dataset meta-JSON overrides).
+* ``option_names``: the data options it reads; these (and only these, over all registered readers) may appear
+  as per-dataset keys of a meta JSON, so a typo is an error naming the key instead of a silently ignored option.
+* ``__init__(self, config, options)``: ``config`` is the ``InternVLChatConfig`` view of the tower that reads this
+  kind (``config.tower(kind)``: the reader takes tile size, normalisation, volume shape ... from
+  ``config.vision_config``); ``options`` is a dict of data options (finetune/eval flags, then the meta entry's).
+  An option that is absent falls back to the model config: each setting has one default, the config's.
 * ``load(ref, *, is_train=False) -> list[Tensor]``: the items for one reference (an image gives its tiles).
   ``ref`` is already resolved against ``root`` when ``is_file``. Failures raise ``MediaError`` naming the file.
+* ``load_many(refs, *, is_train=False) -> list[list[Tensor]]``: all references of one row (default: ``load`` each;
+  images share the tile budget).
+* ``max_items()``: the most items one reference can yield (default 1; images: the tile budget).
 * ``check(ref)``: a cheap validation for ``check_data`` (default: the file exists).
+
+Readers never import ``internvl.train`` or ``internvl.data``: they turn references into tensors, nothing more.
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ class MediaReader:
     placeholder: str = "<image>"
     placeholder_aliases: tuple[str, ...] = ()
     is_file: bool = True
+    option_names: frozenset[str] = frozenset()
 
     def __init__(self, config, options: dict[str, Any] | None = None):
         self.config = config
@@ -55,6 +64,13 @@ class MediaReader:
 
     def load(self, ref: Any, *, is_train: bool = False) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def load_many(self, refs: list[Any], *, is_train: bool = False) -> list[list[torch.Tensor]]:
+        return [self.load(r, is_train=is_train) for r in refs]
+
+    def max_items(self) -> int:
+        """The most items one reference can give (for length estimates made without reading media)."""
+        return 1
 
     def check(self, ref: Any) -> None:
         for path in _paths(ref):
@@ -93,10 +109,6 @@ def reader_for_key(key: str):
     return None
 
 
-def token_count(config, item: torch.Tensor) -> int:
-    """``<IMG_CONTEXT>`` tokens one item becomes: the encoder's token count through the projector."""
-    from internvl.model.projector import PROJECTORS
-    from internvl.model.vision.base import encoder_class
-
-    n_enc = encoder_class(config.vision_config).num_tokens(config.vision_config, item)
-    return PROJECTORS.get(config.projector).num_output_tokens(config, n_enc)
+def known_option_names() -> frozenset[str]:
+    """Every data option some registered reader reads (what a meta-JSON entry may set besides its own keys)."""
+    return frozenset(name for _, cls in MEDIA_READERS.items() for name in cls.option_names)

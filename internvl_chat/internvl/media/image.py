@@ -27,7 +27,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from internvl.media.base import MediaError, MediaReader, register_media_reader
-from internvl.train.constants import NORMALIZE_STATS
+from internvl.constants import NORMALIZE_STATS
 
 logger = logging.getLogger(__name__)
 
@@ -165,17 +165,23 @@ class ImageReader(MediaReader):
     kind = "image"
     placeholder = "<image>"
     is_file = True
+    option_names = frozenset({"dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch",
+                              "normalize_type", "pad2square"})
 
     def __init__(self, config, options: dict[str, Any] | None = None):
         super().__init__(config, options)
         opt = self.options
         self.image_size = int(config.image_size)
-        self.dynamic = bool(opt.get("dynamic_image_size", getattr(config, "dynamic_image_size", False)))
-        self.use_thumbnail = bool(opt.get("use_thumbnail", getattr(config, "use_thumbnail", False)))
-        self.min_num = int(opt.get("min_dynamic_patch", getattr(config, "min_dynamic_patch", 1)))
-        self.max_num = int(opt.get("max_dynamic_patch", getattr(config, "max_dynamic_patch", 12)))
-        self.pad2square = bool(opt.get("pad2square", getattr(config, "pad2square", False)))
-        vcfg = getattr(config, "vision_config", None)
+        def setting(name):  # the option when given, else the model config's value (the one default)
+            value = opt.get(name)
+            return getattr(config, name) if value is None else value
+
+        self.dynamic = bool(setting("dynamic_image_size"))
+        self.use_thumbnail = bool(setting("use_thumbnail"))
+        self.min_num = int(setting("min_dynamic_patch"))
+        self.max_num = int(setting("max_dynamic_patch"))
+        self.pad2square = bool(setting("pad2square"))
+        vcfg = config.vision_config
         mean, std = getattr(vcfg, "image_mean", None), getattr(vcfg, "image_std", None)
         if mean is not None and std is not None:  # the encoder declares its own statistics: they win
             self.mean, self.std = tuple(mean), tuple(std)
@@ -197,10 +203,13 @@ class ImageReader(MediaReader):
         transform = self._transforms[bool(is_train)]
         return [transform(t) for t in self.tiles(ref, max_num)]
 
-    def load_many(self, refs: Sequence[Any], *, is_train: bool = False) -> list[list[torch.Tensor]]:
+    def load_many(self, refs: list[Any], *, is_train: bool = False) -> list[list[torch.Tensor]]:
         """Several images of one row share the tile budget: each gets ``max(1, max_dynamic_patch // n)`` tiles."""
         per_image = max(1, self.max_num // max(len(refs), 1))
         return [self.load(r, is_train=is_train, max_num=per_image) for r in refs]
+
+    def max_items(self) -> int:
+        return self.max_num + int(self.use_thumbnail and self.max_num > 1) if self.dynamic else 1
 
     def check(self, ref: Any) -> None:
         """Cheap validation: the file exists and PIL can identify and verify it (no decoding)."""

@@ -126,36 +126,45 @@ def _split(state: dict, prefix: str) -> tuple[dict, dict]:
     return inside, rest
 
 
-def _encoder(model):
-    vm = model.vision_model
-    return vm.get_base_model() if hasattr(vm, "get_base_model") else vm
+def _encoder_prefixes(model) -> dict[str, object]:
+    """Key prefix -> unwrapped encoder, for the primary tower (``vision_model.``) and each extra tower."""
+    out = {}
+    for tower, enc in model.vision_encoders().items():
+        prefix = "vision_model." if tower is None else f"vision_towers.{tower}.vision_model."
+        out[prefix] = enc.get_base_model() if hasattr(enc, "get_base_model") else enc
+    return out
 
 
 def _is_peft_key(key: str) -> bool:
     return key.startswith("base_model.model.")
 
 
+def _map_encoders(model, state: dict[str, torch.Tensor], convert) -> dict[str, torch.Tensor]:
+    """Apply each encoder's ``state_dict_to_disk``/``state_dict_from_disk`` to its own keys."""
+    rest = dict(state)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, encoder in _encoder_prefixes(model).items():
+        inside, rest = _split(rest, prefix)
+        if inside and not any(_is_peft_key(k) for k in inside):
+            inside = convert(encoder, inside)
+        out.update({prefix + k: v for k, v in inside.items()})
+    out.update(rest)
+    return out
+
+
 def state_from_disk(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """On-disk keys (any of our layouts) -> in-memory keys. In-memory keys pass through unchanged."""
-    vision, rest = _split(state, "vision_model.")
-    if vision and not any(_is_peft_key(k) for k in vision):
-        vision = _encoder(model).state_dict_from_disk(vision)
-    llm, rest = _split(rest, "language_model.")
+    state = _map_encoders(model, state, lambda enc, st: enc.state_dict_from_disk(st))
+    llm, rest = _split(state, "language_model.")
     if llm and not any(_is_peft_key(k) for k in llm) and is_internlm2_state(llm):
         llm = internlm2_state_to_llama(llm, model.config.llm_config)
-    out = {f"vision_model.{k}": v for k, v in vision.items()}
-    out.update({f"language_model.{k}": v for k, v in llm.items()})
+    out = {f"language_model.{k}": v for k, v in llm.items()}
     out.update(rest)
     return out
 
 
 def state_to_disk(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    vision, rest = _split(state, "vision_model.")
-    if vision and not any(_is_peft_key(k) for k in vision):
-        vision = _encoder(model).state_dict_to_disk(vision)
-    out = {f"vision_model.{k}": v for k, v in vision.items()}
-    out.update(rest)
-    return out
+    return _map_encoders(model, state, lambda enc, st: enc.state_dict_to_disk(st))
 
 
 def save_model(model, path: str, state_dict: dict | None = None, max_shard_bytes: int = 5 * 2 ** 30, **_) -> None:

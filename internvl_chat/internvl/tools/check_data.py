@@ -1,14 +1,19 @@
 """Validate every row of a meta JSON's datasets before training: ``python -m internvl.tools.check_data``.
 
-Each row goes through exactly what training does (``SupervisedDataset.build``: parse, resolve and open the
-media, match placeholders, tokenise with the template, fit ``max_seq_length``), without augmentation and
-without ``repeat_time`` (every line once). Prints a summary table per dataset (rows, ok, bad by reason, tokens
-min/mean/max, media items) and the first ``--show`` bad rows as ``file:line``. Exit status: 0 when every row is
-good, 1 when any row (or a dataset's annotation file) is bad, 2 when the meta JSON is malformed or the
-template does not fit the tokenizer.
+Each row goes through exactly what training does (the row processor through ``SupervisedDataset.build``: parse,
+resolve and open the media, match placeholders, count tokens per tower, tokenise with the template, fit
+``max_seq_length``), without augmentation and without ``repeat_time`` (every line once). The vision side is the
+one training will have: ``--model``'s config with the finetune's flags applied (``--vision_model [KIND=]NAME``,
+``--vision_overrides``, ``--projector``, ``--projector_config``, each repeatable), so a volume, slide or
+``meditk`` dataset is checked before any checkpoint with that encoder exists.
+
+Prints a summary table per dataset (rows, ok, bad by reason, tokens min/mean/max, media items) and the first
+``--show`` bad rows, one line each: ``file:line [reason] message``. Exit status: 0 when every row is good, 1 when
+any row (or a dataset's annotation file) is bad, 2 when the meta JSON, the model folder, a flag or the template
+is bad (one ``error: ...`` line).
 
     python -m internvl.tools.check_data shell/data/my_meta.json --model pretrained/InternVL-tiny \\
-        --max_seq_length 4096 --max_dynamic_patch 6
+        --max_seq_length 4096 --max_dynamic_patch 6 [--vision_model volume=brain3d_vit_tiny]
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from internvl.registry import add_plugins_argument, import_from_args
-from internvl.train.errors import MISSING_ANNOTATION, DataError, TemplateError
+from internvl.errors import MISSING_ANNOTATION, DataError, TemplateError
 
 
 @dataclass
@@ -64,7 +69,7 @@ def check_dataset(spec, tokenizer, config, *, template_name=None, max_seq_length
             continue
         report.ok += 1
         report.tokens.append(int(sample["input_ids"].numel()))
-        report.media_items += int(sample["image_flags"].sum())
+        report.media_items += len(sample["pixel_values"])
     return report
 
 
@@ -93,10 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_dynamic_patch", type=int, default=None)
     p.add_argument("--max_dynamic_patch", type=int, default=None)
     p.add_argument("--normalize_type", default=None, choices=["imagenet", "clip", "siglip"])
+    for flag, what in (("--vision_model", "[KIND=]NAME: the encoder of the tower reading KIND (bare: the primary)"),
+                       ("--vision_overrides", "[KIND=]JSON: config overrides of that encoder"),
+                       ("--projector", "[KIND=]NAME: that tower's projector"),
+                       ("--projector_config", "[KIND=]JSON: that projector's options")):
+        p.add_argument(flag, action="append", default=[], help=what + " (repeatable; as in finetune)")
     p.add_argument("--show", type=int, default=20, help="list the first N bad rows (default 20)")
     p.add_argument("--no_progress", action="store_true")
     add_plugins_argument(p)
     return p
+
+
+def load_config(args):
+    """The model config training would have: ``--model``'s, with the finetune's vision flags applied."""
+    from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
+    from internvl.model.towers import apply_tower_changes, parse_tower_flags
+
+    config = InternVLChatConfig.from_pretrained(args.model)
+    changes = parse_tower_flags(args.vision_model, args.vision_overrides, args.projector, args.projector_config)
+    if changes:
+        config = apply_tower_changes(config, changes)[0]
+    fields = {k: getattr(args, k) for k in ("dynamic_image_size", "use_thumbnail", "min_dynamic_patch",
+                                            "max_dynamic_patch") if getattr(args, k) is not None}
+    for key, value in fields.items():  # as finetune writes the data flags into the config
+        setattr(config, key, value)
+    return config
 
 
 def main(argv=None) -> int:
@@ -104,18 +130,16 @@ def main(argv=None) -> int:
     import_from_args(args)
     from transformers import AutoTokenizer
 
-    from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
-    from internvl.train.meta import MetaError, load_meta
+    from internvl.data.meta import MetaError, load_meta
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    config = InternVLChatConfig.from_pretrained(args.model)
-    options = {k: getattr(args, k) for k in ("dynamic_image_size", "use_thumbnail", "min_dynamic_patch",
-                                             "max_dynamic_patch", "normalize_type") if getattr(args, k) is not None}
     try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        config = load_config(args)
         specs = load_meta(args.meta_path)
-    except MetaError as exc:
+    except (MetaError, ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    options = {"normalize_type": args.normalize_type} if args.normalize_type else {}
     reports = []
     try:
         for spec in specs:
@@ -130,7 +154,7 @@ def main(argv=None) -> int:
     if errors:
         print(f"\n{len(errors)} bad row(s); first {min(args.show, len(errors))}:")
         for ref, reason, msg in errors[:args.show]:
-            print(f"  {ref}  [{reason}]  {msg}")
+            print(f"{ref} [{reason}] {msg}")
         return 1
     print(f"\nall {sum(r.rows for r in reports)} rows OK")
     return 0

@@ -24,6 +24,9 @@ def to_hf(model, tokenizer):
     from internvl.model.checkpoint import CheckpointError, ours_state_to_hf
 
     cfg = model.config
+    if cfg.vision_towers:
+        raise CheckpointError(f"transformers' InternVL has one vision tower; this model has more "
+                              f"({sorted(cfg.vision_towers)}): it stays in our layout")
     if cfg.vision_config.encoder_name != "intern_vit" or cfg.projector != "mlp1":
         raise CheckpointError(f"only intern_vit + mlp1 models exist in transformers; this one has "
                               f"{cfg.vision_config.encoder_name!r} + {cfg.projector!r}")

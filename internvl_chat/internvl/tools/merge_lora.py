@@ -19,8 +19,12 @@ def merge(model):
     """Merge and unload every peft wrapper of ``model`` in place; returns the model."""
     if hasattr(model.language_model, "merge_and_unload"):
         model.language_model = model.language_model.merge_and_unload()
-    if hasattr(model.vision_model, "merge_and_unload"):
-        model.vision_model = model.vision_model.merge_and_unload()
+    for tower, encoder in model.vision_encoders().items():
+        if hasattr(encoder, "merge_and_unload"):
+            if tower is None:
+                model.vision_model = encoder.merge_and_unload()
+            else:
+                model.vision_towers[tower].vision_model = encoder.merge_and_unload()
     model.config.use_llm_lora = 0
     model.config.use_backbone_lora = 0
     return model

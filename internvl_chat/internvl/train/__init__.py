@@ -1,6 +1,6 @@
-"""Training data pipeline and entry points: templates -> tokens (``preprocess``), meta JSON + JSONL datasets
-(``meta``, ``dataset``), batching (``collate``), and the finetune script.
+"""Training: the torch ``Dataset`` over meta-JSON datasets (``dataset``), which samples are drawn (``sampling``),
+what trains (``freeze``), the Trainer subclass (``trainer_utils``), the arguments and the finetune entry point.
 
-Kept import-free on purpose: ``internvl.media.image`` imports ``internvl.train.constants``, so importing this
-package must not pull in ``internvl.media`` (no circular import).
+Rows become tokens in ``internvl.data`` (the processor), shared with evaluation and chat; nothing here is imported
+by ``internvl.model``, ``internvl.media`` or ``internvl.evaluation``.
 """

@@ -56,21 +56,26 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "LLM attention: sdpa | eager | flash_attention_2. Default: flash_attention_2 "
                                         "when flash_attn is installed and CUDA is present, sdpa otherwise."})
-    vision_model: str | None = field(
-        default=None, metadata={"help": "Replace the checkpoint's vision encoder with this registered encoder "
-                                        "(the LLM is kept; the new encoder and projector start untrained)."})
-    vision_overrides: str | None = field(default=None, metadata={"help": "JSON object of encoder config overrides."})
-    projector: str | None = field(default=None, metadata={"help": "Replace the projector with this registered one."})
-    projector_config: str | None = field(default=None, metadata={"help": "JSON object of projector options."})
+    vision_model: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "[KIND=]NAME, repeatable: bare, replace the checkpoint's vision encoder; KIND=NAME, "
+                                    "the tower reading KIND gets encoder NAME (a new tower if none reads it). The "
+                                    "LLM is kept; new encoders and projectors start from their factories' weights."})
+    vision_overrides: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "[KIND=]JSON, repeatable: config overrides of that tower's new encoder."})
+    projector: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "[KIND=]NAME, repeatable: that tower's projector."})
+    projector_config: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "[KIND=]JSON, repeatable: options of that tower's projector."})
 
     def __post_init__(self):
-        self.vision_overrides_dict = _json_object("--vision_overrides", self.vision_overrides)
-        self.projector_config_dict = _json_object("--projector_config", self.projector_config)
+        for name in ("vision_model", "vision_overrides", "projector", "projector_config"):
+            setattr(self, name, _flat_strings(getattr(self, name)))
         for name in ("use_backbone_lora", "use_llm_lora"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} is a LoRA rank and must be >= 0, got {getattr(self, name)}")
-        if (self.vision_overrides or self.projector_config) and not (self.vision_model or self.projector):
-            raise ValueError("--vision_overrides/--projector_config need --vision_model or --projector")
+        from internvl.model.towers import parse_tower_flags
+
+        parse_tower_flags(self.vision_model, self.vision_overrides, self.projector, self.projector_config)
 
 
 @dataclass
@@ -81,11 +86,17 @@ class DataTrainingArguments:
     force_image_size: int | None = field(
         default=None, metadata={"help": "Tile size; must equal the checkpoint's (default: the checkpoint's)."})
     down_sample_ratio: float = field(default=0.5, metadata={"help": "Pixel-shuffle ratio (= the checkpoint's)."})
-    pad2square: bool = field(default=False, metadata={"help": "Pad images to square (InternVL 1.x)."})
-    dynamic_image_size: bool = field(default=False, metadata={"help": "Dynamic tiling of images."})
-    use_thumbnail: bool = field(default=False, metadata={"help": "Append a thumbnail tile when an image is tiled."})
-    min_dynamic_patch: int = field(default=1, metadata={"help": "Minimum tiles per image."})
-    max_dynamic_patch: int = field(default=12, metadata={"help": "Maximum tiles per image (meta JSON may override)."})
+    pad2square: bool | None = field(default=None, metadata={
+        "help": "Pad images to square (InternVL 1.x). Unset: the checkpoint's setting."})
+    dynamic_image_size: bool | None = field(default=None, metadata={
+        "help": "Dynamic tiling of images. Unset: the checkpoint's setting."})
+    use_thumbnail: bool | None = field(default=None, metadata={
+        "help": "Append a thumbnail tile when an image is tiled. Unset: the checkpoint's setting."})
+    min_dynamic_patch: int | None = field(default=None, metadata={
+        "help": "Minimum tiles per image. Unset: the checkpoint's setting."})
+    max_dynamic_patch: int | None = field(default=None, metadata={
+        "help": "Maximum tiles per image (a meta-JSON entry may override it). Unset: the checkpoint's setting "
+                "(InternVL's config default 6); InternVL's scripts pass it explicitly."})
     normalize_type: str = field(default="imagenet", metadata={"help": "imagenet | clip | siglip."})
     use_data_resampling: bool = field(
         default=False, metadata={"help": "Sample datasets with sqrt(length) weights, with replacement (InternVL)."})
@@ -132,16 +143,14 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
 
 
-def _json_object(flag: str, text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{flag}: expected a JSON object, got {type(value).__name__}")
-    return value
+def _flat_strings(value) -> list[str]:
+    """A repeatable flag's values: argparse gives a list of lists (``action=append`` with ``nargs=+``), a JSON
+    arguments file a string or a list."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v for item in value for v in _flat_strings(item)]
 
 
 def resolve_deepspeed_config(path: str | None) -> str | None:

@@ -10,8 +10,11 @@ Order (InternVL's, with its lm_head bug fixed):
    module object, which does nothing). With LoRA the head stays a plain trainable parameter inside the peft
    model, so it is saved under peft's names and kept by ``merge_lora``. If the head is tied to the input
    embeddings, both train (they are one tensor); this is logged.
-4. ``--unfreeze_vit_layers N``: vision layers ``[N:]`` train again (negative N: the last |N|). The layer list is
-   the encoder's largest ``nn.ModuleList`` (``vit.encoder.layer`` for intern_vit), so plugin encoders work too.
+4. ``--unfreeze_vit_layers N``: vision layers ``[N:]`` train again (negative N: the last |N|), in every tower;
+   the layer list is what each encoder declares (``VisionEncoder.layer_list``).
+
+The vision flags apply to every tower of a model with several (``--freeze_backbone`` freezes every encoder,
+``--freeze_mlp`` every projector, backbone LoRA wraps every encoder).
 """
 from __future__ import annotations
 
@@ -41,25 +44,21 @@ def lm_head(model: nn.Module) -> nn.Module:
 
 
 def vision_layers(vision_model: nn.Module) -> nn.ModuleList:
-    """The encoder's block list: its largest ``nn.ModuleList`` (first one on ties)."""
-    best = None
-    for _, module in _base(vision_model).named_modules():
-        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
-            best = module
-    if best is None or len(best) == 0:
-        raise ValueError(f"--unfreeze_vit_layers: {type(_base(vision_model)).__name__} has no layer list")
-    return best
+    """The encoder's declared block list (``VisionEncoder.layer_list``), also inside a peft wrapper."""
+    return _base(vision_model).layer_list()
 
 
 def configure_trainable(model: nn.Module, model_args) -> None:
     """Apply the freeze/LoRA/unfreeze flags of ``ModelArguments`` to ``model`` in InternVL's order."""
     if model_args.freeze_backbone:
-        set_requires_grad(model.vision_model, False)
+        for encoder in model.vision_encoders().values():
+            set_requires_grad(encoder, False)
     if model_args.freeze_llm:
         model.language_model = model.language_model.eval()
         set_requires_grad(model.language_model, False)
     if model_args.freeze_mlp:
-        set_requires_grad(model.mlp1, False)
+        for projector in model.projectors().values():
+            set_requires_grad(projector, False)
 
     if model_args.use_backbone_lora:
         model.wrap_backbone_lora(r=model_args.use_backbone_lora, lora_alpha=2 * model_args.use_backbone_lora)
@@ -75,18 +74,24 @@ def configure_trainable(model: nn.Module, model_args) -> None:
 
     n = model_args.unfreeze_vit_layers
     if n:
-        layers = vision_layers(model.vision_model)
-        chosen = list(layers)[n:]
-        for layer in chosen:
-            set_requires_grad(layer, True)
-        logger.info("--unfreeze_vit_layers %d: training %d of %d vision layers", n, len(chosen), len(layers))
+        for tower, encoder in model.vision_encoders().items():
+            layers = vision_layers(encoder)
+            chosen = list(layers)[n:]
+            for layer in chosen:
+                set_requires_grad(layer, True)
+            logger.info("--unfreeze_vit_layers %d: training %d of %d layers of %s", n, len(chosen), len(layers),
+                        "the primary encoder" if tower is None else f"the {tower!r} encoder")
 
 
 def trainable_summary(model: nn.Module) -> "OrderedDict[str, tuple[int, int]]":
-    """``{part: (trainable, total)}`` for vision_model, mlp1, language_model and its lm_head (a subset)."""
+    """``{part: (trainable, total)}`` for vision_model, mlp1, each extra tower, language_model and its lm_head (a
+    subset)."""
     out: OrderedDict[str, tuple[int, int]] = OrderedDict()
-    for name in ("vision_model", "mlp1", "language_model"):
-        params = list(getattr(model, name).parameters())
+    parts = [("vision_model", model.vision_model), ("mlp1", model.mlp1)]
+    parts += [(f"vision_towers.{kind}", tower) for kind, tower in model.vision_towers.items()]
+    parts.append(("language_model", model.language_model))
+    for name, module in parts:
+        params = list(module.parameters())
         out[name] = (sum(_numel(p) for p in params if p.requires_grad), sum(_numel(p) for p in params))
     head = lm_head(model).weight
     out["lm_head"] = (_numel(head) if head.requires_grad else 0, _numel(head))

@@ -59,7 +59,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from internvl.fileio import atomic_write_text
 from internvl.registry import add_plugins_argument, load_plugins
 from internvl.train.arguments import DataTrainingArguments, ModelArguments, TrainingArguments
-from internvl.train.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
+from internvl.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
 from internvl.train.freeze import configure_trainable, format_summary, trainable_summary
 
 logger = logging.getLogger("internvl.finetune")
@@ -148,13 +148,16 @@ def add_special_tokens(tokenizer, model) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ model
+# data flags InternVL writes into the model config (unset: the checkpoint's value stays, the one default)
+DATA_CONFIG_FIELDS = ("dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "pad2square")
+
+
 def load_model(model_args, data_args, training_args):
     from internvl.model.internvl_chat import InternVLChatModel
 
     overrides = dict(template=data_args.conv_style, select_layer=model_args.vision_select_layer,
-                     dynamic_image_size=data_args.dynamic_image_size, use_thumbnail=data_args.use_thumbnail,
-                     ps_version=model_args.ps_version, min_dynamic_patch=data_args.min_dynamic_patch,
-                     max_dynamic_patch=data_args.max_dynamic_patch, pad2square=data_args.pad2square)
+                     ps_version=model_args.ps_version)
+    overrides.update({k: getattr(data_args, k) for k in DATA_CONFIG_FIELDS if getattr(data_args, k) is not None})
     logger.info("loading %s", model_args.model_name_or_path)
     model = InternVLChatModel.from_pretrained(model_args.model_name_or_path, dtype=torch.float32, **overrides)
     if model_args.vision_model or model_args.projector:
@@ -162,11 +165,8 @@ def load_model(model_args, data_args, training_args):
     else:
         check_vision_geometry(model, data_args)
     if model_args.drop_path_rate:
-        set_drop_path = getattr(model.vision_model, "set_drop_path", None)
-        if set_drop_path is None:
-            raise ValueError(f"--drop_path_rate: encoder {model.config.vision_config.encoder_name!r} has no "
-                             "stochastic depth (set_drop_path)")
-        set_drop_path(model_args.drop_path_rate)
+        for encoder in model.vision_encoders().values():
+            encoder.set_drop_path(model_args.drop_path_rate)
     if model_args.attn_implementation:
         model.language_model.set_attn_implementation(model_args.attn_implementation)
     model.language_model.config.use_cache = False
@@ -189,27 +189,15 @@ def check_vision_geometry(model, data_args) -> None:
 
 
 def replace_vision_side(model, model_args, data_args):
-    """A new encoder (``--vision_model``) and/or projector (``--projector``) around the loaded LLM. The new
-    projector uses ``--down_sample_ratio``; the tile size is the new encoder's ``image_size`` (if it has one)."""
-    from internvl.model import create_vision_model
-    from internvl.model.internvl_chat import InternVLChatConfig, InternVLChatModel
+    """New encoders / projectors / extra towers (``--vision_model [KIND=]NAME`` ...) around the loaded LLM
+    (``internvl.model.towers.compose_towers``)."""
+    from internvl.model.towers import compose_towers, parse_tower_flags
 
-    old = model.config
-    if model_args.vision_model:
-        encoder = create_vision_model(model_args.vision_model, **model_args.vision_overrides_dict)
-        size = getattr(encoder.config, "image_size", None)
-    else:
-        encoder, size = model.vision_model, old.force_image_size
-    projector = model_args.projector or old.projector
-    projector_config = model_args.projector_config_dict if model_args.projector else dict(old.projector_config)
-    fields = {k: getattr(old, k) for k in ("select_layer", "template", "dynamic_image_size", "use_thumbnail",
-                                          "ps_version", "min_dynamic_patch", "max_dynamic_patch", "pad2square")}
-    fields["downsample_ratio"] = data_args.down_sample_ratio
-    config = InternVLChatConfig(vision_config=encoder.config, llm_config=old.llm_config, projector=projector,
-                                projector_config=projector_config, force_image_size=size, **fields)
-    new = InternVLChatModel(config, vision_model=encoder, language_model=model.language_model).float()
-    logger.info("vision side replaced: encoder %r, projector %r (new parts start from their constructors' "
-                "weights); LLM kept from %s", config.vision_config.encoder_name, projector,
+    changes = parse_tower_flags(model_args.vision_model, model_args.vision_overrides, model_args.projector,
+                                model_args.projector_config)
+    new = compose_towers(model, changes, downsample_ratio=data_args.down_sample_ratio)
+    logger.info("vision side: %s (new parts start from their factories' weights); LLM kept from %s",
+                {("primary" if k is None else k): v.config.encoder_name for k, v in new.vision_encoders().items()},
                 model_args.model_name_or_path)
     return new
 
@@ -217,14 +205,13 @@ def replace_vision_side(model, model_args, data_args):
 def enable_gradient_checkpointing(model) -> None:
     kwargs = {"use_reentrant": False}
     model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    vision = model.vision_model
-    base = vision.get_base_model() if hasattr(vision, "get_base_model") else vision
-    if getattr(base, "supports_gradient_checkpointing", False) and any(
-            hasattr(m, "gradient_checkpointing") for m in base.modules()):
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        logger.warning("--grad_checkpoint: encoder %s has no checkpointable layers; only the LLM is checkpointed",
-                       type(base).__name__)
+    for vision in model.vision_encoders().values():
+        base = vision.get_base_model() if hasattr(vision, "get_base_model") else vision
+        if base.supports_gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            logger.warning("--grad_checkpoint: encoder %r is not checkpointable; it runs without",
+                           base.config.encoder_name)
 
 
 @contextlib.contextmanager
@@ -251,9 +238,7 @@ def build_train_dataset(tokenizer, model, data_args, training_args):
 
     if not data_args.meta_path:
         raise ValueError("--meta_path is required")
-    options = dict(dynamic_image_size=data_args.dynamic_image_size, use_thumbnail=data_args.use_thumbnail,
-                   min_dynamic_patch=data_args.min_dynamic_patch, max_dynamic_patch=data_args.max_dynamic_patch,
-                   normalize_type=data_args.normalize_type, pad2square=data_args.pad2square)
+    options = dict(normalize_type=data_args.normalize_type)  # tiling settings live in model.config (see load_model)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     skip = data_args.bad_sample_budget if data_args.skip_bad_samples else False
     concat = build_datasets(data_args.meta_path, tokenizer, model.config, template_name=data_args.conv_style,
@@ -268,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, plugins = parse_args(argv)
     setup_logging(training_args)
     load_plugins(plugins)
-    from internvl.train.collate import DataCollator
+    from internvl.data.collate import DataCollator
     from internvl.train.trainer_utils import InternVLTrainer, resolve_resume
 
     if not model_args.model_name_or_path:

@@ -9,10 +9,10 @@
   generator seeded with ``seed``, so every rank and every resumed run sees the same index map.
 
 ``estimated_lengths()`` gives ``group_by_length`` a token length per sample from the annotation rows only (no
-media is loaded): the row's ``length`` field when present, else the tokenised conversation text plus
-``num_image_token * (max_dynamic_patch + use_thumbnail)`` per media reference (InternVL's estimate; token counts
-are cached by text length, as InternVL does). A row that cannot be parsed counts as length 0 here; reading it
-for training reports it properly.
+media is loaded): ``RowProcessor.estimate_length``, i.e. the row's ``length`` field when present, else its text's
+tokens plus, per media reference, the most context tokens its reader can yield (for images InternVL's
+``num_image_token * (max_dynamic_patch + use_thumbnail)``). A row that cannot be parsed counts as length 0 here;
+reading it for training reports it properly.
 """
 from __future__ import annotations
 
@@ -22,9 +22,6 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
-from internvl.media import reader_for_key
-from internvl.train.dataset import NON_MEDIA_KEYS
-from internvl.train.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -63,30 +60,9 @@ class TrainDataset(Dataset):
 
 
 def _dataset_lengths(ds) -> list[int]:
-    tokenizer, config = ds.tokenizer, ds.config
-    opts = ds.reader_options
-    per_image = int(getattr(config, "num_image_token", 0)) * (
-        int(opts.get("max_dynamic_patch", 1) if opts.get("dynamic_image_size") else 1)
-        + int(bool(opts.get("use_thumbnail")) and bool(opts.get("dynamic_image_size"))))
-    cache: dict[int, int] = {}
-    line_lengths: dict[int, int] = {}
-    for line in tqdm(sorted(set(ds.line_index)), desc=f"lengths {ds.spec.name}", leave=False):
-        try:
-            row = ds.index.read(line)
-        except DataError:
-            line_lengths[line] = 0
-            continue
-        if isinstance(row.get("length"), int):
-            line_lengths[line] = row["length"]
-            continue
-        convs = row.get("conversations") or []
-        text = "\n".join(t.get("value", "") for t in convs if isinstance(t, dict) and isinstance(t.get("value"), str))
-        if len(text) not in cache:
-            cache[len(text)] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        n_media = sum(len(v) if isinstance(v, list) else 1 for k, v in row.items()
-                      if k not in NON_MEDIA_KEYS and v and reader_for_key(k) is not None)
-        line_lengths[line] = cache[len(text)] + per_image * n_media
-    return [line_lengths[line] for line in ds.line_index]
+    per_line = {line: ds.estimated_length(line)
+                for line in tqdm(sorted(set(ds.line_index)), desc=f"lengths {ds.spec.name}", leave=False)}
+    return [per_line[line] for line in ds.line_index]
 
 
 __all__ = ["TrainDataset"]

@@ -173,6 +173,15 @@ class InternVLTrainer(Trainer):
             self._tput_last = (now, tokens, step)
         super().log(logs, start_time)
 
+    def floating_point_ops(self, inputs: dict) -> int:
+        """6 x text tokens x parameters (``pixel_values`` is a dict of items per kind, not one tensor); the
+        parameter count is taken once, not walked every step."""
+        if getattr(self, "_n_params", None) is None:
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            self._n_params = model.num_parameters(exclude_embeddings=True)
+        ids = inputs.get("input_ids")
+        return 6 * (int(ids.numel()) if ids is not None else 0) * self._n_params
+
     def _inner_training_loop(self, *args, **kwargs):
         self._tput_last = None
         return super()._inner_training_loop(*args, **kwargs)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from internvl.model.vision.base import VisionEncoder, register_vision_model
 from patches.neuro.encoders.common import config_kwargs_with_preset, grid_coords, sincos_embedding
 from patches.neuro.mil import GatedAttentionMIL
 
@@ -144,6 +144,9 @@ class Brain3DViT(VisionEncoder):
                     trunc_normal_(self.time_embed, std=0.02)
 
     # ----------------------------------------------------------------------------------------- contract
+    def layer_list(self) -> nn.ModuleList:
+        return self.blocks
+
     @classmethod
     def _item_ndim(cls, config) -> int:
         return 5 if config.is_4d else 4
@@ -266,21 +269,24 @@ PRESETS = {
     "brain3d_vit_4d_tiny": dict(volume_shape=(16, 16, 16), patch_size=(8, 8, 8), num_frames=4, frame_patch=2, **_TINY),
 }
 
-TINY_OF = {"brain3d_vit": "brain3d_vit_tiny", "brain3d_vit_tiny": "brain3d_vit_tiny",
-           "brain3d_vit_4d": "brain3d_vit_4d_tiny", "brain3d_vit_4d_tiny": "brain3d_vit_4d_tiny"}
+_TINY_3D, _TINY_4D = dict(PRESETS["brain3d_vit_tiny"]), dict(PRESETS["brain3d_vit_4d_tiny"])
 
 
-def _register(name: str) -> None:
-    @register_vision_model(name)
-    @encoder_factory(Brain3DViT)
-    def build(**overrides) -> Brain3DViT:
-        return Brain3DViT(Brain3DViTConfig(**{**PRESETS[name], **overrides}))
-
-    build.__name__ = f"build_{name}"
-    # the small same-code-path variant the core's encoder contract tests build
-    tiny = TINY_OF[name]
-    build.tiny_overrides = {} if tiny == name else dict(PRESETS[tiny])
+@register_vision_model("brain3d_vit", encoder=Brain3DViT, tiny=_TINY_3D)
+def brain3d_vit(**overrides) -> Brain3DViT:
+    return Brain3DViT(Brain3DViTConfig(**{**PRESETS["brain3d_vit"], **overrides}))
 
 
-for _name in PRESETS:
-    _register(_name)
+@register_vision_model("brain3d_vit_tiny", encoder=Brain3DViT)
+def brain3d_vit_tiny(**overrides) -> Brain3DViT:
+    return Brain3DViT(Brain3DViTConfig(**{**PRESETS["brain3d_vit_tiny"], **overrides}))
+
+
+@register_vision_model("brain3d_vit_4d", encoder=Brain3DViT, tiny=_TINY_4D)
+def brain3d_vit_4d(**overrides) -> Brain3DViT:
+    return Brain3DViT(Brain3DViTConfig(**{**PRESETS["brain3d_vit_4d"], **overrides}))
+
+
+@register_vision_model("brain3d_vit_4d_tiny", encoder=Brain3DViT)
+def brain3d_vit_4d_tiny(**overrides) -> Brain3DViT:
+    return Brain3DViT(Brain3DViTConfig(**{**PRESETS["brain3d_vit_4d_tiny"], **overrides}))

@@ -11,17 +11,13 @@ import math
 
 import torch
 
-from internvl.model.vision.base import VISION_MODELS
-
-# bookkeeping keys of a saved config dict that are not constructor arguments
-_BOOKKEEPING = {"model_type", "transformers_version", "architectures", "encoder_name", "_name_or_path", "dtype",
-                "torch_dtype", "_attn_implementation_autoset", "_commit_hash"}
+from internvl.model.vision.base import META_KEYS, VISION_MODELS
 
 
 def config_kwargs_with_preset(cfg: dict, presets: dict[str, dict]) -> dict:
     name = cfg.get("encoder_name") or cfg.get("model_type")
     preset = presets.get(VISION_MODELS.resolve(name), {}) if name else {}
-    return {**preset, **{k: v for k, v in cfg.items() if k not in _BOOKKEEPING}}
+    return {**preset, **{k: v for k, v in cfg.items() if k not in META_KEYS}}
 
 
 def sincos_embedding(coords: torch.Tensor, dim: int) -> torch.Tensor:

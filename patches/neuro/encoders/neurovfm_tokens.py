@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
-from internvl.model.vision.base import VisionEncoder, encoder_factory, register_vision_model
+from internvl.model.vision.base import VisionEncoder, register_vision_model
 from patches.neuro.encoders.common import config_kwargs_with_preset, sincos_embedding
 from patches.neuro.mil import GatedAttentionMIL
 
@@ -129,6 +129,9 @@ class NeuroVFMTokens(VisionEncoder):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def layer_list(self) -> nn.ModuleList:
+        return self.blocks
+
     @classmethod
     def config_kwargs_from_dict(cls, cfg: dict) -> dict:
         """Constructor kwargs for a saved/partial config dict: the registered preset, then the dict's values."""
@@ -210,20 +213,11 @@ PRESETS = {
     "neurovfm_tokens_tiny": dict(token_size=(2, 8, 8), hidden_size=48, pe_dim=12, depth=2, num_heads=4, mlp_ratio=2.0),
 }
 
-TINY_OF = {"neurovfm_tokens": "neurovfm_tokens_tiny", "neurovfm_tokens_tiny": "neurovfm_tokens_tiny"}
+@register_vision_model("neurovfm_tokens", encoder=NeuroVFMTokens, tiny=dict(PRESETS["neurovfm_tokens_tiny"]))
+def neurovfm_tokens(**overrides) -> NeuroVFMTokens:
+    return NeuroVFMTokens(NeuroVFMTokensConfig(**{**PRESETS["neurovfm_tokens"], **overrides}))
 
 
-def _register(name: str) -> None:
-    @register_vision_model(name)
-    @encoder_factory(NeuroVFMTokens)
-    def build(**overrides) -> NeuroVFMTokens:
-        return NeuroVFMTokens(NeuroVFMTokensConfig(**{**PRESETS[name], **overrides}))
-
-    build.__name__ = f"build_{name}"
-    # the small same-code-path variant the core's encoder contract tests build
-    tiny = TINY_OF[name]
-    build.tiny_overrides = {} if tiny == name else dict(PRESETS[tiny])
-
-
-for _name in PRESETS:
-    _register(_name)
+@register_vision_model("neurovfm_tokens_tiny", encoder=NeuroVFMTokens)
+def neurovfm_tokens_tiny(**overrides) -> NeuroVFMTokens:
+    return NeuroVFMTokens(NeuroVFMTokensConfig(**{**PRESETS["neurovfm_tokens_tiny"], **overrides}))

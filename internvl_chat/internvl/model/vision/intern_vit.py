@@ -125,7 +125,6 @@ def hf_to_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-_META = META_KEYS | {"auto_map"}
 
 
 def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -147,13 +146,10 @@ def _layer_forward_with_drop_path(layer: nn.Module, rate: float):
     return forward
 
 
-@register_vision_model("intern_vit", aliases=("intern_vit_6b", "internvl_vision"))
 class InternViTEncoder(VisionEncoder):
     """InternViT (tiles ``[3, S, S]`` -> ``(S/patch)^2`` tokens, CLS dropped, layer ``select_layer``)."""
 
     config_class = InternViTConfig
-    tiny_overrides = dict(image_size=28, patch_size=14, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=32)
 
     def __init__(self, config: InternViTConfig | None = None, **overrides):
         config = config if isinstance(config, InternViTConfig) else InternViTConfig(**overrides)
@@ -173,6 +169,9 @@ class InternViTEncoder(VisionEncoder):
             elif "forward" in layer.__dict__:
                 del layer.forward
 
+    def layer_list(self) -> nn.ModuleList:
+        return self.vit.encoder.layer
+
     @classmethod
     def num_tokens(cls, config: InternViTConfig, item: torch.Tensor) -> int:
         return (config.image_size // config.patch_size) ** 2
@@ -185,9 +184,9 @@ class InternViTEncoder(VisionEncoder):
     def config_kwargs_from_dict(cls, cfg: dict) -> dict:
         """Constructor kwargs from a saved vision config: InternVL's own, or transformers' ``internvl_vision``."""
         if cfg.get("model_type") == "internvl_vision":
-            hf = InternVLVisionConfig(**{k: v for k, v in cfg.items() if k not in _META})
+            hf = InternVLVisionConfig(**{k: v for k, v in cfg.items() if k not in META_KEYS})
             cfg = InternViTConfig.from_hf(hf).to_dict()
-        return {k: v for k, v in cfg.items() if k not in _META}
+        return {k: v for k, v in cfg.items() if k not in META_KEYS}
 
     @property
     def lora_target_modules(self) -> list[str]:  # InternVL wraps attn.qkv/attn.proj/mlp.fc1/mlp.fc2
@@ -212,3 +211,11 @@ class InternViTEncoder(VisionEncoder):
         original = {k: v for k, v in state.items() if not k.startswith("vit.")}
         memory.update({f"vit.{k}": v for k, v in original_to_hf_keys(original, self.config.hidden_size).items()})
         return memory
+
+
+@register_vision_model("intern_vit", encoder=InternViTEncoder, aliases=("intern_vit_6b", "internvl_vision"),
+                       tiny=dict(image_size=28, patch_size=14, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32))
+def intern_vit(**overrides) -> InternViTEncoder:
+    """InternViT with InternVL's config fields (defaults: InternViT-300M-448px)."""
+    return InternViTEncoder(InternViTConfig(**overrides))

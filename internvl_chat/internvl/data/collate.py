@@ -3,9 +3,10 @@
 * ``input_ids`` are padded with the tokenizer's pad id (InternVL pads with 0, a real token for Qwen2, and then
   derives the mask from ``!= 0``; we do not), ``labels`` with -100, ``attention_mask`` with 0, ``position_ids``
   with 0. Right padding for training (``padding_side="left"`` for generation).
-* Media items are concatenated across samples in order (sample 0's first): a ``Tensor [N, *shape]`` when all
-  share one shape, else a ``list`` of N tensors; ``image_flags`` is a ``LongTensor [N]``. Text-only samples
-  carry their dummy item (flag 0), so a batch without any real media still runs the vision path.
+* Media items are grouped by kind: ``pixel_values = {kind: items}`` where a kind's items (sample 0's first) are
+  a ``Tensor [N, *shape]`` when they share one shape, else a ``list`` of N tensors; ``item_kinds`` lists every
+  item's kind in prompt order over the batch, so the model scatters the towers' features in that order. A batch
+  without media has ``pixel_values = {}`` (the model runs its towers on dummy items while training).
 * ``sample_ref`` strings are kept under ``sample_refs`` only with ``return_refs=True`` (the model's ``forward``
   does not take them).
 """
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from internvl.train.constants import IGNORE_INDEX
+from internvl.constants import IGNORE_INDEX
 
 
 def stack_items(items: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
@@ -72,10 +73,12 @@ class DataCollator:
             "position_ids": _pad([s["position_ids"] for s in samples], 0, length, left),
         }
         items = [it for s in samples for it in s["pixel_values"]]
-        batch["pixel_values"] = stack_items(items)
-        batch["image_flags"] = torch.cat([s["image_flags"].long().reshape(-1) for s in samples])
-        if batch["image_flags"].numel() != len(items):
-            raise ValueError(f"{len(items)} media items but {batch['image_flags'].numel()} image_flags")
+        kinds = [k for s in samples for k in s["item_kinds"]]
+        if len(kinds) != len(items):
+            raise ValueError(f"{len(items)} media items but {len(kinds)} item_kinds")
+        batch["pixel_values"] = {kind: stack_items([it for it, k in zip(items, kinds) if k == kind])
+                                 for kind in dict.fromkeys(kinds)}
+        batch["item_kinds"] = kinds
         if self.return_refs:
             batch["sample_refs"] = [s.get("sample_ref") for s in samples]
         return batch

@@ -12,7 +12,7 @@ import os
 from array import array
 from typing import Any
 
-from internvl.train.errors import BAD_ROW, MALFORMED_JSON, DataError
+from internvl.errors import BAD_ROW, MALFORMED_JSON, DataError
 
 
 class JsonlIndex:

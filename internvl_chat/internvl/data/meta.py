@@ -5,8 +5,11 @@ Format: ``{"<name>": {"root": DIR, "annotation": FILE.jsonl, "data_augment": boo
 
 * ``root`` and ``annotation`` are required; ``annotation`` must end in ``.jsonl``. ``data_augment`` defaults to
   false and ``repeat_time`` to 1 (InternVL requires both). ``length`` is informational (as in InternVL).
-* Any other key (``max_dynamic_patch``, or a plugin reader's option) is a per-dataset override of the media
-  reader options; ``task`` is carried along for evaluation/logging.
+* Any other key must be a data option that a registered media reader declares (``max_dynamic_patch``,
+  ``dynamic_image_size``, a plugin reader's ``volume_shape`` ...): it overrides the run's options for this dataset.
+  An unknown key (a typo such as ``max_dynamic_patchh``) is a ``MetaError`` naming the key and the file, with the
+  known keys listed; ``task`` is carried along for evaluation/logging. ``length`` must be an integer,
+  ``data_augment`` a boolean.
 * Relative ``root``/``annotation`` paths: InternVL resolves them against the working directory (its scripts run
   from ``internvl_chat/``). We do too when that path exists; otherwise they resolve against the directory of the
   meta file, so a meta file shipped next to its data works from anywhere. Media references inside the JSONL
@@ -26,6 +29,8 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from internvl.media import known_option_names
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,17 @@ def load_meta(meta_path: str) -> list[DatasetSpec]:
         mdp = entry.get("max_dynamic_patch")
         if mdp is not None and (not isinstance(mdp, int) or isinstance(mdp, bool) or mdp < 1):
             raise MetaError(f"{where}: max_dynamic_patch must be an integer >= 1, got {mdp!r}")
+        length = entry.get("length")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
+            raise MetaError(f"{where}: length must be a non-negative integer, got {length!r}")
+        if not isinstance(entry.get("data_augment", False), bool):
+            raise MetaError(f"{where}: data_augment must be true or false, got {entry['data_augment']!r}")
         options = {k: v for k, v in entry.items() if k not in DATASET_KEYS}
+        unknown = sorted(set(options) - known_option_names())
+        if unknown:
+            raise MetaError(f"{where}: unknown key(s) {unknown}; a dataset entry takes {list(DATASET_KEYS)} and the "
+                            f"data options of the registered media readers {sorted(known_option_names())} (is the "
+                            f"plugin that reads this option installed or passed with --plugins?)")
         specs.append(DatasetSpec(name=name, root=resolve_meta_path(entry["root"], meta_dir),
                                  annotation=resolve_meta_path(entry["annotation"], meta_dir),
                                  data_augment=bool(entry.get("data_augment", False)), repeat_time=float(repeat),

@@ -30,9 +30,9 @@ from typing import Any, Sequence
 import torch
 
 from internvl.conversation import ASSISTANT, USER, get_conv_template
-from internvl.train.constants import (IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN,
+from internvl.constants import (IGNORE_INDEX, IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN,
                                       IMG_START_TOKEN, RESERVED_IMAGE_TOKENS)
-from internvl.train.errors import (BAD_ROW, NO_TRAINED_TOKENS, PLACEHOLDER_MISMATCH, RESERVED_TOKEN,
+from internvl.errors import (BAD_ROW, NO_TRAINED_TOKENS, PLACEHOLDER_MISMATCH, RESERVED_TOKEN,
                                    TOKENIZATION_MISMATCH, TOO_LONG, DataError, TemplateError)
 
 USER_ROLES = ("human", "user")
@@ -225,5 +225,34 @@ def preprocess(template_name: str, conversations: Sequence[dict], tokenizer, num
             "attention_mask": torch.ones_like(ids_t), "num_trained": num_trained}
 
 
-__all__ = ["check_template", "expand_placeholders", "image_token_string", "preprocess", "single_token_id",
-           "split_conversation"]
+def generation_prompt(template_name: str, question: str, num_image_token_list: Sequence[int], *,
+                      history: Sequence[tuple[str, str]] = (), system: str | None = None,
+                      placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """The prompt string that cues the model's reply to ``question`` after ``history``; placeholders in the user
+    turns (history first) expanded with ``num_image_token_list`` in order. Renders exactly what ``preprocess``
+    trains on up to the reply, so the ids ``encode_generation_prompt`` returns are a prefix of the training ids."""
+    conv = get_conv_template(template_name)
+    if system is not None:
+        conv.set_system_message(system)
+    n_placeholders = sum(q.count(placeholder) for q, _ in history) + question.count(placeholder)
+    if n_placeholders != len(num_image_token_list):
+        raise ValueError(f"the prompt has {n_placeholders} {placeholder!r} placeholder(s) for "
+                         f"{len(num_image_token_list)} media reference(s)")
+    used = 0
+    for old_q, old_a in history:
+        text, used = expand_placeholders(old_q, num_image_token_list, placeholder, used)
+        conv.append_message(conv.roles[USER], text)
+        conv.append_message(conv.roles[ASSISTANT], old_a)
+    text, used = expand_placeholders(question, num_image_token_list, placeholder, used)
+    conv.append_message(conv.roles[USER], text)
+    conv.append_message(conv.roles[ASSISTANT], None)
+    return conv.get_prompt()
+
+
+def encode_generation_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a generation prompt: the tokenizer's own BOS (if it adds one) + the prompt's ids."""
+    return _bos_prefix(tokenizer) + _encode(tokenizer, prompt)
+
+
+__all__ = ["check_template", "encode_generation_prompt", "expand_placeholders", "generation_prompt",
+           "image_token_string", "preprocess", "single_token_id", "split_conversation"]

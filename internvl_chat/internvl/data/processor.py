@@ -1,0 +1,247 @@
+"""The row processor: the one path from a JSONL row to model inputs, for training, evaluation, chat and checks.
+
+    row -> media references (key, kind) -> items -> <IMG_CONTEXT> count per reference -> expanded prompt -> ids
+
+(transformers' processor/model split: the model only scatters embeddings into the ``<IMG_CONTEXT>`` positions and
+checks the count.) Everything a row's media go through is decided here, once:
+
+* **Media keys.** Any row key that a registered media reader claims (``internvl.media.reader_for_key``; aliases
+  such as ``meditk`` or ``slide`` resolve to their kind) is media; the value is one reference or a list. A row may
+  hold several keys (T1 volume + fMRI run, slide + thumbnail): their references fill the placeholders in the order
+  the keys appear in the row, each key's list in order. ``video`` (no reader) is an error, never text-only.
+* **Towers.** Each kind must be read by one of the model's vision towers (``config.tower_of``); the reader gets
+  that tower's config view (``config.tower(kind)``), so its tile size / volume shape are the right encoder's.
+* **Placeholders.** A reader's own placeholder and aliases (``<meditk>``) are rewritten to ``<image>`` in user
+  turns. A row with exactly one reference and no placeholder gets ``<image>\\n`` in front of its first user turn
+  (InternVL's rule); otherwise placeholders and references must match in number.
+* **Counts.** A reference becomes ``sum(config.num_context_tokens(item, kind))`` context tokens over its items.
+* **Text.** ``internvl.prompt``: ``preprocess`` for training (ids + labels), ``generation_prompt`` for evaluation
+  and chat (the same rendering up to the reply, so its ids are a prefix of the training ids).
+
+Errors are ``DataError`` naming ``file:line`` with a reason code (``internvl.errors``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from internvl.constants import IMAGE_PLACEHOLDER
+from internvl.errors import (BAD_ROW, INCOMPATIBLE_KIND, MISSING_FILE, PLACEHOLDER_MISMATCH, UNREADABLE_MEDIA,
+                             DataError)
+from internvl.media import MEDIA_READERS, MediaError, reader_for_key, resolve_ref
+from internvl.model.vision.base import encoder_class
+from internvl.prompt import ASSISTANT_ROLES, USER_ROLES, encode_generation_prompt, generation_prompt, preprocess
+
+# row keys that are never media (skips a registry lookup); any other key is offered to the media registry
+NON_MEDIA_KEYS = frozenset({"id", "conversations", "width", "height", "width_list", "height_list", "length",
+                            "source", "task", "meta", "answer", "question", "question_id", "options", "classes",
+                            "synonyms", "boxes"})
+# InternVL media keys the core has no reader for; a row using one is an error, never silently text-only
+UNSUPPORTED_MEDIA_KEYS = ("video",)
+
+
+@dataclass
+class RowMedia:
+    """A row's media in prompt order: per reference its kind and items."""
+
+    kinds: list[str] = field(default_factory=list)
+    items: list[list[torch.Tensor]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def flat(self) -> tuple[list[torch.Tensor], list[str]]:
+        """(items, kind of each item) in prompt order."""
+        items = [it for per_ref in self.items for it in per_ref]
+        kinds = [k for k, per_ref in zip(self.kinds, self.items) for _ in per_ref]
+        return items, kinds
+
+
+@dataclass
+class PromptInputs:
+    """What generation needs for one row: prompt ids and the items (with kinds) for its placeholders."""
+
+    input_ids: list[int]
+    items: list[torch.Tensor]
+    item_kinds: list[str]
+    question: str
+    history: list[tuple[str, str]]
+    system: str | None
+
+
+def split_row(row: dict, where: str, require_reference: bool = True) -> tuple[str, list[tuple[str, str]], Any, str | None]:
+    """(question, history [(q, a)...], reference, system prompt) of a test row; ``DataError`` naming ``where``.
+
+    The last ``gpt`` turn is the reference (an ``answer`` field wins), the last ``human`` turn the question,
+    earlier turns the history; InternVL's VQA format (``question`` + ``answer``, no conversations) too."""
+    conv = row.get("conversations")
+    if conv is None:
+        if "question" not in row or ("answer" not in row and require_reference):
+            raise DataError(where, BAD_ROW, "row has neither 'conversations' nor 'question' + 'answer'")
+        return str(row["question"]), [], row.get("answer"), None
+    if not isinstance(conv, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in conv):
+        raise DataError(where, BAD_ROW, "'conversations' must be a list of {'from', 'value'} turns")
+    system = conv[0]["value"] if conv and conv[0].get("from") == "system" else None
+    turns = conv[1:] if system is not None else list(conv)
+    reference = None
+    if turns and turns[-1].get("from") in ASSISTANT_ROLES:
+        reference, turns = turns[-1]["value"], turns[:-1]
+    reference = row.get("answer", reference)
+    if reference is None and require_reference:
+        raise DataError(where, BAD_ROW, "no reference answer (no final 'gpt' turn and no 'answer' field)")
+    roles = [t.get("from") for t in turns]
+    if not turns or len(turns) % 2 == 0 or any(
+            r not in (USER_ROLES if i % 2 == 0 else ASSISTANT_ROLES) for i, r in enumerate(roles)):
+        raise DataError(where, BAD_ROW, f"turns must alternate human/gpt and end with the question (got {roles})")
+    history = [(turns[i]["value"], turns[i + 1]["value"]) for i in range(0, len(turns) - 1, 2)]
+    return turns[-1]["value"], history, reference, system
+
+
+class RowProcessor:
+    """Turns rows into model inputs for one model config and tokenizer (see the module docstring).
+
+    Args:
+        config: the ``InternVLChatConfig`` (towers, token counts, template, tiling defaults).
+        tokenizer: a tokenizer with the template's and InternVL's special tokens (``None``: media only).
+        template: conversation template (default ``config.template``).
+        options: data options shared by every dataset (finetune/eval flags); a dataset's meta keys override them.
+        max_seq_length: training samples are truncated to it (never through an image span).
+    """
+
+    def __init__(self, config, tokenizer=None, *, template: str | None = None, options: dict | None = None,
+                 max_seq_length: int | None = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.template = template or config.template
+        self.options = {k: v for k, v in (options or {}).items() if v is not None}
+        self.max_seq_length = max_seq_length
+        self.system_message = getattr(config, "system_message", None)
+        self._readers: dict[tuple[str, str], Any] = {}
+
+    # ------------------------------------------------------------------------------------------------- media
+    def media_keys(self, row: dict, where: str) -> list[tuple[str, list]]:
+        """``[(kind, references)]`` in row order; ``DataError`` for media no reader or no tower reads."""
+        found = []
+        for key, value in row.items():
+            if key in NON_MEDIA_KEYS or value is None or value == "" or (isinstance(value, list) and not value):
+                continue
+            if reader_for_key(key) is not None:
+                kind = MEDIA_READERS.get(key).kind or MEDIA_READERS.resolve(key)
+                try:
+                    self.config.tower_of(kind)
+                except KeyError as exc:
+                    raise DataError(where, INCOMPATIBLE_KIND, f"row has {key!r} media but {exc.args[0]}") from exc
+                found.append((kind, list(value) if isinstance(value, list) else [value]))
+            elif key in UNSUPPORTED_MEDIA_KEYS:
+                raise DataError(where, BAD_ROW, f"row has {key!r} media but no media reader is registered for "
+                                                f"{key!r} (known kinds: {', '.join(MEDIA_READERS.names())})")
+        return found
+
+    def reader(self, kind: str, dataset_options: dict | None = None):
+        """The reader of ``kind`` for the tower that reads it, with the shared options + a dataset's overrides."""
+        opts = {**self.options, **(dataset_options or {})}
+        key = (kind, json.dumps(opts, sort_keys=True, default=str))
+        if key not in self._readers:
+            self._readers[key] = MEDIA_READERS.get(kind)(self.config.tower(kind), opts)
+        return self._readers[key]
+
+    def load_media(self, row: dict, where: str, *, root: str | None = None, dataset_options: dict | None = None,
+                   is_train: bool = False) -> RowMedia:
+        """Read every reference of the row (in prompt order) and count its context tokens."""
+        media = RowMedia()
+        for kind, refs in self.media_keys(row, where):
+            reader = self.reader(kind, dataset_options)
+            if reader.is_file:
+                refs = [resolve_ref(r, root) for r in refs]
+                for r in refs:
+                    if isinstance(r, str) and "://" not in r and not os.path.exists(r):
+                        raise DataError(where, MISSING_FILE, f"{r}: file not found")
+            try:
+                per_ref = reader.load_many(refs, is_train=is_train)
+            except MediaError as exc:
+                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
+                raise DataError(where, reason, str(exc)) from exc
+            for r, items in zip(refs, per_ref):
+                if not items:
+                    raise DataError(where, UNREADABLE_MEDIA, f"{r}: the {kind!r} reader returned no item")
+                media.kinds.append(kind)
+                media.items.append(items)
+                media.counts.append(sum(self.config.num_context_tokens(it, kind) for it in items))
+        return media
+
+    def _normalise(self, texts: list[str], kinds: list[str], where: str) -> list[str]:
+        """Readers' own placeholders -> ``<image>``; one reference without placeholder goes in front of text 0."""
+        out = list(texts)
+        for kind in dict.fromkeys(kinds):
+            cls = MEDIA_READERS.get(kind)
+            for ph in (cls.placeholder, *cls.placeholder_aliases):
+                if ph and ph != IMAGE_PLACEHOLDER:
+                    out = [t.replace(ph, IMAGE_PLACEHOLDER) for t in out]
+        found = sum(t.count(IMAGE_PLACEHOLDER) for t in out)
+        if not kinds:
+            stray = sorted({ph for _, cls in MEDIA_READERS.items() for ph in (cls.placeholder, *cls.placeholder_aliases)
+                            if ph and any(ph in t for t in out)})
+            if stray:
+                raise DataError(where, PLACEHOLDER_MISMATCH, f"{stray} placeholder(s) but the row has no media")
+            return out
+        if found == 0 and len(kinds) == 1 and out:
+            out[0] = IMAGE_PLACEHOLDER + "\n" + out[0]
+        elif found != len(kinds):
+            raise DataError(where, PLACEHOLDER_MISMATCH, f"{found} {IMAGE_PLACEHOLDER!r} placeholder(s) in the user "
+                                                         f"turns but {len(kinds)} media reference(s)")
+        return out
+
+    # ------------------------------------------------------------------------------------------------ outputs
+    def training_sample(self, row: dict, where: str, *, root: str | None = None,
+                        dataset_options: dict | None = None, augment: bool = False) -> dict[str, Any]:
+        """``input_ids``/``labels``/``attention_mask``/``position_ids`` (1-D), ``pixel_values`` (items in prompt
+        order), ``item_kinds``, ``sample_ref``, ``num_trained``."""
+        convs = row.get("conversations")
+        if not isinstance(convs, list) or not convs:
+            raise DataError(where, BAD_ROW, "row has no non-empty 'conversations' list")
+        convs = [dict(t) if isinstance(t, dict) else t for t in convs]
+        media = self.load_media(row, where, root=root, dataset_options=dataset_options, is_train=augment)
+        users = [t for t in convs if isinstance(t, dict) and t.get("from") in USER_ROLES
+                 and isinstance(t.get("value"), str)]
+        for turn, text in zip(users, self._normalise([t["value"] for t in users], media.kinds, where)):
+            turn["value"] = text
+        out = preprocess(self.template, convs, self.tokenizer, media.counts, sample_ref=where,
+                         max_length=self.max_seq_length)
+        items, kinds = media.flat()
+        n = out["input_ids"].shape[0]
+        return {"input_ids": out["input_ids"], "labels": out["labels"], "attention_mask": out["attention_mask"],
+                "position_ids": torch.arange(n, dtype=torch.long), "pixel_values": items, "item_kinds": kinds,
+                "sample_ref": where, "num_trained": out["num_trained"]}
+
+    def prompt_inputs(self, row: dict, where: str, *, root: str | None = None,
+                      dataset_options: dict | None = None) -> PromptInputs:
+        """The generation prompt of a row (its last user turn after its history), with its media items."""
+        question, history, _, system = split_row(row, where, require_reference=False)
+        media = self.load_media(row, where, root=root, dataset_options=dataset_options)
+        texts = self._normalise([q for q, _ in history] + [question], media.kinds, where)
+        history = [(q, a) for q, (_, a) in zip(texts[:-1], history)]
+        question = texts[-1]
+        prompt = generation_prompt(self.template, question, media.counts, history=history,
+                                   system=system if system is not None else self.system_message)
+        items, kinds = media.flat()
+        return PromptInputs(encode_generation_prompt(self.tokenizer, prompt), items, kinds, question, history,
+                            system)
+
+    def estimate_length(self, row: dict, where: str) -> int:
+        """Tokens a row will take, from the row alone (no media read): its ``length`` field when present, else
+        its text's tokens plus, per reference, the most context tokens its reader can produce."""
+        if isinstance(row.get("length"), int):
+            return row["length"]
+        convs = row.get("conversations") or []
+        text = "\n".join(t.get("value", "") for t in convs if isinstance(t, dict) and isinstance(t.get("value"), str))
+        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        for kind, refs in self.media_keys(row, where):
+            view = self.config.tower(kind)
+            dummy = encoder_class(view.vision_config).dummy_input(view.vision_config)
+            n += len(refs) * self.reader(kind).max_items() * self.config.num_context_tokens(dummy, kind)
+        return n
+
+
+__all__ = ["NON_MEDIA_KEYS", "PromptInputs", "RowMedia", "RowProcessor", "UNSUPPORTED_MEDIA_KEYS", "split_row"]
