@@ -23,7 +23,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausa
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from helpers_model import tiny_model
-from internvl.model.checkpoint import CheckpointError
 from internvl.model.internvl_chat import InternVLChatModel
 from internvl.model.llm import llm_config_for_transformers
 from test_checkpoint_layouts import internlm2_state, original_config
@@ -33,6 +32,7 @@ SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
 SHORT, LONG = 24, 48  # token counts below and above the tiny configs' pretraining length (32)
 PHI3_SHORT = [1.0, 1.05, 1.1, 1.2]  # head_dim 8 -> 4 factors, like the 48 of Phi-3-mini's head_dim 96
 PHI3_LONG = [1.5, 3.0, 7.0, 16.0]
+TEMPLATE = "internvl2_5"  # where the family's own template does not matter to the test
 RELEASE_LEFTOVERS = dict(torch_dtype="bfloat16", transformers_version="4.37.2", use_cache=True)
 
 
@@ -95,7 +95,8 @@ def reference_llm(release: dict, rope: dict | None):
     elif family == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(rope_parameters=rope, head_dim=release["head_dim"], **keep))
     elif family == "phi3":
-        keep["rms_norm_eps"] = release["rms_norm_eps"]  # Phi3Config reads the pretraining length from the top level
+        keep["rms_norm_eps"] = release["rms_norm_eps"]
+        # Phi3Config takes the pretraining length from its top-level field (default 4096), over rope_parameters'
         keep["original_max_position_embeddings"] = release.get("original_max_position_embeddings", 4096)
         model = Phi3ForCausalLM(Phi3Config(rope_parameters=rope, **keep))
     else:  # llama and InternLM2 (same computation)
@@ -133,6 +134,10 @@ def write_checkpoint(path, vision_state: dict, release: dict, llm, template: str
     config.pop("torch_dtype")
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+def load_release(path, vision_state: dict, release: dict, llm, template: str = TEMPLATE):
+    return InternVLChatModel.from_pretrained(write_checkpoint(path, vision_state, release, llm, template))
 
 
 def llm_logits(model, n_tokens: int) -> torch.Tensor:
@@ -175,7 +180,7 @@ EXPECTED_CLASS = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "int
 def test_release_llm_config_loads_and_round_trips(name, vision_state, tmp_path):
     release, rope, template = RELEASES[name]
     ref = reference_llm(release, rope)
-    ours = InternVLChatModel.from_pretrained(write_checkpoint(tmp_path / "orig", vision_state, release, ref, template))
+    ours = load_release(tmp_path / "orig", vision_state, release, ref, template)
     assert type(ours.language_model).__name__ == EXPECTED_CLASS[release["model_type"]]
     assert ours.template == template
     tied = release["tie_word_embeddings"]
@@ -193,10 +198,9 @@ def test_release_llm_config_loads_and_round_trips(name, vision_state, tmp_path):
 def test_phi3_su_uses_long_factors_beyond_original_length(vision_state, tmp_path):
     """InternVL2-4B's ``su`` rope: short factors up to ``original_max_position_embeddings``, long ones beyond."""
     release, rope, template = RELEASES["phi3_su_internvl2_4b"]
-    ours = InternVLChatModel.from_pretrained(
-        write_checkpoint(tmp_path / "long", vision_state, release, reference_llm(release, rope), template))
-    short_only = InternVLChatModel.from_pretrained(write_checkpoint(
-        tmp_path / "short", vision_state, phi3_release(long_factor=PHI3_SHORT), reference_llm(release, rope), template))
+    ref = reference_llm(release, rope)
+    ours = load_release(tmp_path / "long", vision_state, release, ref, template)
+    short_only = load_release(tmp_path / "short", vision_state, phi3_release(long_factor=PHI3_SHORT), ref, template)
     theta, dim = release["rope_theta"], release["hidden_size"] // release["num_attention_heads"]
     factor = release["max_position_embeddings"] / release["original_max_position_embeddings"]
     assert math.isclose(rotary(ours).attention_scaling, math.sqrt(1 + math.log(factor) / math.log(32)), rel_tol=1e-6)
@@ -234,8 +238,8 @@ LONG_CONTEXT = {  # name -> (release with scaling, same release unscaled, refere
 def test_long_context_rope_scaling(name, vision_state, tmp_path):
     scaled, unscaled, rope, length_dependent = LONG_CONTEXT[name]
     ref = reference_llm(scaled, rope)
-    ours = InternVLChatModel.from_pretrained(write_checkpoint(tmp_path / "scaled", vision_state, scaled, ref, "x"))
-    plain = InternVLChatModel.from_pretrained(write_checkpoint(tmp_path / "plain", vision_state, unscaled, ref, "x"))
+    ours = load_release(tmp_path / "scaled", vision_state, scaled, ref)
+    plain = load_release(tmp_path / "plain", vision_state, unscaled, ref)
     short_ours, short_plain = llm_logits(ours.language_model, SHORT), llm_logits(plain.language_model, SHORT)
     long_ours, long_plain = llm_logits(ours.language_model, LONG), llm_logits(plain.language_model, LONG)
     assert (long_ours - long_plain).abs().max() > 1e-3
@@ -260,7 +264,7 @@ def test_long_context_rope_scaling(name, vision_state, tmp_path):
 def test_qwen3_tying_survives_save_and_load(tied, vision_state, tmp_path):
     release = qwen3_release(tied=tied)
     ref = reference_llm(release, None)
-    ours = InternVLChatModel.from_pretrained(write_checkpoint(tmp_path / "orig", vision_state, release, ref, "x"))
+    ours = load_release(tmp_path / "orig", vision_state, release, ref)
     ours.save_pretrained(tmp_path / "saved")
     saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
     assert ("language_model.lm_head.weight" in saved) == (not tied)
@@ -273,12 +277,13 @@ def test_qwen3_tying_survives_save_and_load(tied, vision_state, tmp_path):
     assert (llm_logits(back.language_model, SHORT) - llm_logits(ref, SHORT)).abs().max() <= 1e-5
 
 
-def test_su_without_original_length_names_the_config(vision_state, tmp_path):
-    release = phi3_release()
+def test_su_without_original_length_takes_phi3_default(vision_state, tmp_path):
+    """No ``original_max_position_embeddings``: Phi-3's config default (4096), as in InternVL's own Phi-3 code."""
+    release = phi3_release(max_position_embeddings=16384)
     release.pop("original_max_position_embeddings")
-    path = write_checkpoint(tmp_path, vision_state, release, reference_llm(phi3_release(), None), "phi3-chat")
-    with pytest.raises(CheckpointError, match=r"config\.json.*original_max_position_embeddings"):
-        InternVLChatModel.from_pretrained(path)
+    ours = load_release(tmp_path, vision_state, release, reference_llm(phi3_release(), None), "phi3-chat")
+    assert ours.language_model.config.rope_parameters["original_max_position_embeddings"] == 4096
+    assert math.isclose(rotary(ours).attention_scaling, math.sqrt(1 + math.log(4) / math.log(4096)), rel_tol=1e-6)
 
 
 def test_field_map_leaves_input_and_other_families_alone():

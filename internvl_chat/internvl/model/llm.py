@@ -96,8 +96,8 @@ def is_internlm2_state(state: dict[str, torch.Tensor]) -> bool:
 #               ``attn_implementation()``; a release saved ``flash_attention_2``, which a CPU machine cannot run)
 #   rope_type:  legacy rope type name -> the pinned transformers' name (old ``type`` key or ``rope_type``)
 #   into_rope:  top-level fields the renamed rope type reads from inside ``rope_scaling`` (copied, the top-level
-#               field stays: Phi-3's generation code reads it there too). Required: when one is missing, InternVL's
-#               Phi-3 code and transformers would each fill in a different default (4096 / max_position_embeddings)
+#               field stays: Phi-3's generation code reads it there too). One the release lacks is left to the
+#               config class's own default (``Phi3Config``: 4096, Phi-3's pretraining length)
 LLM_CONFIG_FIELD_MAPS: dict[str, dict[str, Any]] = {
     "*": {"drop": ("attn_implementation", "_attn_implementation")},
     "phi3": {"rope_type": {"su": "longrope"}, "into_rope": ("original_max_position_embeddings",)},
@@ -120,9 +120,6 @@ def llm_config_for_transformers(cfg: dict) -> dict:
             continue
         rope = {k: v for k, v in rope.items() if k != "type"}
         rope["rope_type"] = new_type
-        for key in mapping.get("into_rope", ()):
-            if key not in cfg and key not in rope:
-                raise ValueError(f"llm_config: rope_scaling type {old_type!r} needs {key}, which is missing")
-            rope.setdefault(key, cfg.get(key))
+        rope.update({key: cfg[key] for key in mapping.get("into_rope", ()) if key in cfg and key not in rope})
         cfg["rope_scaling"] = rope
     return cfg
