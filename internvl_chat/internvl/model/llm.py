@@ -1,4 +1,11 @@
-"""The language side: any ``AutoModelForCausalLM``, the attention backend, LoRA targets, InternLM2 as Llama.
+"""The language side: any ``AutoModelForCausalLM``, the attention backend, LoRA targets, InternLM2 as Llama, and
+the ``llm_config`` fields of InternVL releases mapped onto what the pinned transformers reads.
+
+Config-field mappings (``LLM_CONFIG_FIELD_MAPS``, applied by ``llm_config_for_transformers``): one small table per
+LLM family, for fields an InternVL release saved in a form the pinned transformers no longer reads. InternVL2-4B's
+Phi-3 LLM says ``rope_scaling: {"type": "su", ...}`` with ``original_max_position_embeddings`` at the top level of
+``llm_config`` (where InternVL's own Phi-3 code reads it); ``Phi3Config`` renames ``su`` to ``longrope`` only after
+it has decided which rope types need that field inside ``rope_parameters``, so validation fails without the map.
 
 InternLM2 LLMs (InternVL2-2B/8B/26B) are not in transformers; their weights are the Llama layout with a fused
 ``wqkv`` laid out per key-value group as ``[q_1 .. q_g, k, v]`` (g = heads / kv_heads). They are loaded as
@@ -8,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig
@@ -80,3 +88,38 @@ def internlm2_state_to_llama(state: dict[str, torch.Tensor], config: LlamaConfig
 
 def is_internlm2_state(state: dict[str, torch.Tensor]) -> bool:
     return any(".attention.wqkv." in k or k.startswith("model.tok_embeddings.") for k in state)
+
+
+# ---------------------------------------------------------------------------------------------- llm_config fields
+# Per family (``llm_config.model_type``; "*" = every family):
+#   drop:       fields that must not decide anything here (the attention backend is chosen per machine by
+#               ``attn_implementation()``; a release saved ``flash_attention_2``, which a CPU machine cannot run)
+#   rope_type:  legacy rope type name -> the pinned transformers' name (old ``type`` key or ``rope_type``)
+#   into_rope:  top-level fields the renamed rope type reads from inside ``rope_scaling`` (copied, the top-level
+#               field stays: Phi-3's generation code reads it there too). One the release lacks is left to the
+#               config class's own default (``Phi3Config``: 4096, Phi-3's pretraining length)
+LLM_CONFIG_FIELD_MAPS: dict[str, dict[str, Any]] = {
+    "*": {"drop": ("attn_implementation", "_attn_implementation")},
+    "phi3": {"rope_type": {"su": "longrope"}, "into_rope": ("original_max_position_embeddings",)},
+}
+
+
+def llm_config_for_transformers(cfg: dict) -> dict:
+    """A saved ``llm_config`` dict with its family's field mappings applied (a new dict; the input is unchanged)."""
+    cfg = dict(cfg)
+    for family in ("*", cfg.get("model_type")):
+        mapping = LLM_CONFIG_FIELD_MAPS.get(family, {})
+        for key in mapping.get("drop", ()):
+            cfg.pop(key, None)
+        rope = cfg.get("rope_scaling")
+        if not isinstance(rope, dict):
+            continue
+        old_type = rope.get("rope_type", rope.get("type"))
+        new_type = mapping.get("rope_type", {}).get(old_type)
+        if new_type is None:
+            continue
+        rope = {k: v for k, v in rope.items() if k != "type"}
+        rope["rope_type"] = new_type
+        rope.update({key: cfg[key] for key in mapping.get("into_rope", ()) if key in cfg and key not in rope})
+        cfg["rope_scaling"] = rope
+    return cfg

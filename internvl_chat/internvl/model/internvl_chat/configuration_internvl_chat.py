@@ -31,7 +31,9 @@ def llm_config_from_dict(cfg: dict | PretrainedConfig) -> PretrainedConfig:
     """An LLM config from a saved ``llm_config`` dict (InternLM2 is read through the Llama layout)."""
     if isinstance(cfg, PretrainedConfig):
         return cfg
-    cfg = dict(cfg)
+    from internvl.model.llm import llm_config_for_transformers
+
+    cfg = llm_config_for_transformers(cfg)
     arch = (cfg.get("architectures") or [""])[0]
     if cfg.get("model_type") == "internlm2" or arch == "InternLM2ForCausalLM":
         from internvl.model.llm import internlm2_config_to_llama
