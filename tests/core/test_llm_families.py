@@ -289,8 +289,6 @@ def test_field_map_leaves_input_and_other_families_alone():
     assert llm_config_for_transformers(dyn)["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError, reason="InternVLChatConfig.to_dict writes the top-level dtype as 'torch.bfloat16', "
-                   "which from_pretrained cannot read back (core defect, reported; remove this mark once fixed)")
 def test_resaved_release_with_top_level_dtype_reloads(vision_state, tmp_path):
     release, rope, template = RELEASES["qwen2_internvl2_1b"]
     path = write_checkpoint(tmp_path / "orig", vision_state, release, reference_llm(release, rope), template)

@@ -156,6 +156,9 @@ class InternVLChatConfig(PretrainedConfig):
         for key in [k for k in out if k.startswith("_") and k not in ("_attn_implementation",)]:
             out.pop(key)
         out["tie_word_embeddings"] = False
+        for key in ("dtype", "torch_dtype"):  # a torch.dtype is written as its name ("bfloat16"), as transformers does
+            if key in out and not isinstance(out[key], (str, type(None))):
+                out[key] = str(out[key]).removeprefix("torch.")
         return out
 
 
