@@ -27,7 +27,7 @@ def test_registered_kinds():
     assert MEDIA_READERS.get("volume") is VolumeReader and MEDIA_READERS.get("fmri") is FmriReader
 
 
-def test_single_volume_item_and_vols.num_context_tokens(make_chat_config, tmp_path):
+def test_single_volume_item_and_token_count(vols, make_chat_config, tmp_path):
     enc = create_vision_model("brain3d_vit_tiny", preprocess={"target_spacing": [1.5, 1.5, 1.5]})
     cfg = make_chat_config(enc.config, "spatial_pool_mlp")
     reader = VolumeReader(cfg, {"volume_cache_dir": str(tmp_path / "cache")})

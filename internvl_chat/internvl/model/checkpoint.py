@@ -129,9 +129,9 @@ def _split(state: dict, prefix: str) -> tuple[dict, dict]:
 def _encoder_prefixes(model) -> dict[str, object]:
     """Key prefix -> unwrapped encoder, for the primary tower (``vision_model.``) and each extra tower."""
     out = {}
-    for tower, enc in model.vision_encoders().items():
+    for tower, enc in model.vision_encoders(unwrap=True).items():
         prefix = "vision_model." if tower is None else f"vision_towers.{tower}.vision_model."
-        out[prefix] = enc.get_base_model() if hasattr(enc, "get_base_model") else enc
+        out[prefix] = enc
     return out
 
 

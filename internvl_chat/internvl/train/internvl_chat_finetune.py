@@ -205,8 +205,7 @@ def replace_vision_side(model, model_args, data_args):
 def enable_gradient_checkpointing(model) -> None:
     kwargs = {"use_reentrant": False}
     model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    for vision in model.vision_encoders().values():
-        base = vision.get_base_model() if hasattr(vision, "get_base_model") else vision
+    for base in model.vision_encoders(unwrap=True).values():
         if base.supports_gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:

@@ -87,11 +87,12 @@ class InternVLChatModel(PreTrainedModel):
         return self.config.num_image_token
 
     # ------------------------------------------------------------------ vision path
-    def vision_encoders(self) -> dict[str | None, nn.Module]:
-        """Tower name (``None`` = primary) -> its encoder module (peft-wrapped when backbone LoRA is on)."""
+    def vision_encoders(self, unwrap: bool = False) -> dict[str | None, nn.Module]:
+        """Tower name (``None`` = primary) -> its encoder module (peft-wrapped when backbone LoRA is on, unless
+        ``unwrap``)."""
         out: dict[str | None, nn.Module] = {None: self.vision_model}
         out.update({kind: tower.vision_model for kind, tower in self.vision_towers.items()})
-        return out
+        return {k: _unwrap(v) for k, v in out.items()} if unwrap else out
 
     def projectors(self) -> dict[str | None, nn.Module]:
         out: dict[str | None, nn.Module] = {None: self.mlp1}
