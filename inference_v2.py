@@ -11,7 +11,7 @@ match; with several media kinds (``--image A --media volume=B``) each reference 
 kind, through the same row processor training uses. ``--temperature 0`` (the default) is greedy. A JSONL line holds ``question`` (or ``conversations``) and
 media keys (``image``, ``volume``, ...; relative paths resolve against the JSONL's folder); one JSON answer per
 line is written to stdout (or ``--out``). Bad input (missing/unreadable media, placeholder count, a checkpoint
-we cannot map) prints one ``error:`` line naming the file and exits with status 2.
+we cannot map) prints one ``error:`` line naming the file and exits with status 2 (``internvl.errors.run_cli``).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import sys
+
+from internvl.errors import ConfigError, run_cli
 
 
 def parse_args(argv=None):
@@ -48,7 +50,7 @@ def media_refs(args) -> list[tuple[str, str]]:
     for spec in args.media:
         kind, sep, path = spec.partition("=")
         if not sep or not kind or not path:
-            raise ValueError(f"--media {spec!r}: expected KIND=PATH")
+            raise ConfigError(f"--media {spec!r}: expected KIND=PATH")
         refs.append((kind, path))
     return refs
 
@@ -96,24 +98,23 @@ def batch(args, model, tokenizer, processor) -> None:
             out.close()
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> int:
     args = parse_args(argv)
     from internvl.data.processor import RowProcessor
     from internvl.evaluation.runner import load_model
-    from internvl.media import MediaError
-    from internvl.model.checkpoint import CheckpointError
     from internvl.registry import load_plugins
 
     load_plugins(args.plugins)
-    try:
-        model, tokenizer = load_model(args.model, device=args.device)
-        options = {} if args.max_num is None else {"max_dynamic_patch": args.max_num}
-        processor = RowProcessor(model.config, tokenizer, options=options)
-        (single if args.question else batch)(args, model, tokenizer, processor)
-    except (MediaError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, tokenizer = load_model(args.model, device=args.device)
+    options = {} if args.max_num is None else {"max_dynamic_patch": args.max_num}
+    processor = RowProcessor(model.config, tokenizer, options=options)
+    (single if args.question else batch)(args, model, tokenizer, processor)
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 
+from internvl.errors import run_cli
 from internvl.registry import add_plugins_argument, import_from_args
 
 
@@ -60,7 +61,7 @@ def print_table(rows: list[list[str]], header=("dataset", "task", "n", "metrics"
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("internvl").setLevel(logging.INFO)
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
           f"in {s['total_seconds']:.1f}s -> {args.out}")
     print_table(summary_rows(results))
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

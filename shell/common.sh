@@ -126,10 +126,13 @@ internvl_finetune() {
             --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-10}" \
             --kill-on-bad-exit=1 ${QUOTA_TYPE:+--quotatype="$QUOTA_TYPE"} ${SRUN_ARGS:-} \
             "$PYTHON" -u "$INTERNVL_ENTRY" "$@"
+    elif [ "$WORLD" = 1 ]; then  # one process: no process group, no DDP wrapper, the error line straight out
+        [ -z "${INTERNVL_STANDALONE:-}" ] || unset MASTER_PORT  # DeepSpeed's group then takes a free port
+        set -- "$PYTHON" -u "$INTERNVL_ENTRY" "$@"
     elif [ -n "${INTERNVL_STANDALONE:-}" ]; then  # one node, no MASTER_PORT given: torchrun picks a free port
-        set -- "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" "$INTERNVL_ENTRY" "$@"
-    else
-        set -- "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
+        set -- "$PYTHON" -m internvl.train.launch --standalone --nproc_per_node="$GPUS" "$INTERNVL_ENTRY" "$@"
+    else  # torchrun's arguments; internvl.train.launch prints a worker's bad-input line once (see its docstring)
+        set -- "$PYTHON" -m internvl.train.launch --nnodes="$NNODES" --node_rank="$NODE_RANK" \
             --master_addr="$MASTER_ADDR" --nproc_per_node="$GPUS" --master_port="$MASTER_PORT" "$INTERNVL_ENTRY" "$@"
     fi
     if [ -n "${DRY_RUN:-}" ]; then

@@ -18,6 +18,9 @@ Nothing is masked silently (InternVL masks a whole sample on a "tokenization mis
   end token's ids, or the pieces' concatenation differs from tokenising the whole prompt (e.g. an answer that
   starts with a newline that merges with the role prefix's newline).
 * ``DataError(TOO_LONG)``: the image spans do not fit ``max_length`` (text is truncated, an ``<img>`` span never).
+  A sample whose text was truncated says so (``truncated``); the dataset counts and logs those, ``check_data``
+  lists them.
+* ``DataError(BAD_ROW)``: an empty assistant turn (nothing to train).
 * ``DataError(NO_TRAINED_TOKENS)``: nothing left to train after truncation.
 * ``DataError(PLACEHOLDER_MISMATCH / BAD_ROW / RESERVED_TOKEN)``: malformed conversations.
 
@@ -167,6 +170,8 @@ def preprocess(template_name: str, conversations: Sequence[dict], tokenizer, num
         raise DataError(sample_ref, PLACEHOLDER_MISMATCH, f"{placeholder!r} in the system turn")
     n_placeholders = 0
     for who, text in turns:
+        if who == ASSISTANT and not text.strip():
+            raise DataError(sample_ref, BAD_ROW, "an assistant turn is empty: there is nothing to train on")
         if who == ASSISTANT and placeholder in text:
             raise DataError(sample_ref, PLACEHOLDER_MISMATCH, f"{placeholder!r} in an assistant turn")
         n_placeholders += text.count(placeholder)
@@ -209,7 +214,8 @@ def preprocess(template_name: str, conversations: Sequence[dict], tokenizer, num
                             f"the whole prompt (first difference at token {first}); training would not see what "
                             f"inference sees")
 
-    if max_length is not None and len(input_ids) > max_length:
+    truncated = max_length is not None and len(input_ids) > max_length
+    if truncated:
         img_ends = [i for i, t in enumerate(input_ids) if t == img_end_id]
         if img_ends and img_ends[-1] >= max_length:
             raise DataError(sample_ref, TOO_LONG,
@@ -222,7 +228,7 @@ def preprocess(template_name: str, conversations: Sequence[dict], tokenizer, num
                         f"no assistant token left to train ({len(input_ids)} tokens, max_length {max_length})")
     ids_t = torch.tensor(input_ids, dtype=torch.long)
     return {"input_ids": ids_t, "labels": torch.tensor(labels, dtype=torch.long),
-            "attention_mask": torch.ones_like(ids_t), "num_trained": num_trained}
+            "attention_mask": torch.ones_like(ids_t), "num_trained": num_trained, "truncated": truncated}
 
 
 def generation_prompt(template_name: str, question: str, num_image_token_list: Sequence[int], *,

@@ -148,7 +148,7 @@ def test_brainfound_jsonl_rows_through_the_core_dataset(tmp_path, tokenizer):
     for i in range(2):
         s = ds[i]
         assert int((s["input_ids"] == ctx).sum()) == 4 * 9  # 4 slices x 9 tokens (tiny), one <img> block
-        assert len(s["pixel_values"]) == 4 and s["image_flags"].tolist() == [1, 1, 1, 1]
+        assert len(s["pixel_values"]) == 4 and s["item_kinds"] == ["meditk"] * 4
         assert int((s["input_ids"] == tokenizer.convert_tokens_to_ids("<img>")).sum()) == 1
         assert int((s["labels"] != -100).sum()) > 2  # the answers are trained
 

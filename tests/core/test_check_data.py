@@ -28,7 +28,7 @@ def test_every_bad_case_is_reported(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert code == 1
     table = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["good"], ["mixed"], ["gone"])}
-    assert re.match(r"good\s+3\s+3\s+0\s+-\s+\d+/[\d.]+/\d+\s+10\b", table["good"])  # 4 tiles + 2 x 3 (shared budget)
+    assert re.match(r"good\s+3\s+3\s+0\s+-\s+0\s+\d+/[\d.]+/\d+\s+10\b", table["good"])  # 4 tiles + 2 x 3 (shared budget)
     n_bad = len(cases)
     assert re.match(rf"mixed\s+{n_bad + 1}\s+1\s+{n_bad}\s", table["mixed"])  # every line once, no repeat_time
     for reason in {r for _, r in cases}:
@@ -52,7 +52,7 @@ def test_all_good_exits_zero_and_template_mismatch_exits_two(tmp_path, tiny_mode
     assert "must be a .jsonl" in capsys.readouterr().err
     # tiling options reach the reader: without dynamic tiling each image is one item
     main([str(meta), "--model", str(tiny_model_dir), "--no_progress", "--no-dynamic_image_size"])
-    assert re.search(r"good\s+3\s+3\s+0\s+-\s+\S+\s+3\b", capsys.readouterr().out)
+    assert re.search(r"good\s+3\s+3\s+0\s+-\s+0\s+\S+\s+3\b", capsys.readouterr().out)
 
 
 def test_module_entry_point(tmp_path, tiny_model_dir):

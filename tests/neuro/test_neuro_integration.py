@@ -64,9 +64,9 @@ def test_rows_to_loss_and_gradients(tmp_path, tokenizer):
     ctx = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     # 32^3 at 1 mm, 8^3 patches -> 4^3 grid, pooled by 2 -> 8 tokens per placeholder
     assert [int((s["input_ids"] == ctx).sum()) for s in samples] == [8, 8, 8, 16, 0]
-    assert [len(s["pixel_values"]) for s in samples] == [1, 1, 1, 2, 1]
+    assert [len(s["pixel_values"]) for s in samples] == [1, 1, 1, 2, 0]
     assert samples[2]["pixel_values"][0].shape == (2, 1, 32, 32, 32)  # the study, pooled by MIL in the encoder
-    assert samples[4]["image_flags"].tolist() == [0]  # text-only row runs a dummy volume
+    assert samples[4]["item_kinds"] == []  # text-only row: no item (the model runs a dummy volume while training)
     batch = DataCollator.from_tokenizer(tokenizer)(samples)
     model = _model(config, tokenizer).train()
     out = model(**batch)

@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from internvl.errors import InputError
 from internvl.media import known_option_names
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 DATASET_KEYS = ("root", "annotation", "data_augment", "repeat_time", "length", "task")
 
 
-class MetaError(ValueError):
+class MetaError(InputError, ValueError):
     """A malformed meta JSON; the message names the meta file and the dataset entry."""
 
 

@@ -213,7 +213,7 @@ class RowProcessor:
         n = out["input_ids"].shape[0]
         return {"input_ids": out["input_ids"], "labels": out["labels"], "attention_mask": out["attention_mask"],
                 "position_ids": torch.arange(n, dtype=torch.long), "pixel_values": items, "item_kinds": kinds,
-                "sample_ref": where, "num_trained": out["num_trained"]}
+                "sample_ref": where, "num_trained": out["num_trained"], "truncated": out["truncated"]}
 
     def prompt_inputs(self, row: dict, where: str, *, root: str | None = None,
                       dataset_options: dict | None = None) -> PromptInputs:

@@ -250,9 +250,14 @@ def load_model(model_dir: str, device: str = "auto", dtype: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    from internvl.model.checkpoint import CheckpointError
+
     model = InternVLChatModel.from_pretrained(model_dir)
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
     return model, tokenizer
 
 

@@ -33,12 +33,13 @@ from typing import Any
 
 import torch
 
+from internvl.errors import InputError
 from internvl.registry import Registry
 
 MEDIA_READERS = Registry("media kind")
 
 
-class MediaError(Exception):
+class MediaError(InputError):
     """A media reference that cannot be read; the message names the file (and slide coordinate, line ...)."""
 
 

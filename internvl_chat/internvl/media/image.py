@@ -10,7 +10,8 @@ row-major into ``S x S`` tiles, and with ``use_thumbnail`` (and more than one ti
 ``ImageReader`` (registered as ``"image"``) reads one file into a list of tile tensors ``[3, S, S]``; S is the
 model's tile size (``config.image_size``, i.e. ``force_image_size``). Options (from the finetune/eval flags and
 per-dataset meta JSON): ``dynamic_image_size``, ``use_thumbnail``, ``min_dynamic_patch``, ``max_dynamic_patch``,
-``normalize_type``, ``pad2square``. Normalisation: an encoder whose config declares ``image_mean``/``image_std``
+``normalize_type``, ``pad2square``. Files are decoded by ``to_rgb``: 16-bit / 32-bit / float grayscale is mapped
+linearly from the image's own min..max onto 0..255 (never clipped), animated images are refused. Normalisation: an encoder whose config declares ``image_mean``/``image_std``
 is normalised with those (it knows what it was trained with); otherwise ``normalize_type`` picks InternVL's
 imagenet (default) / clip / siglip statistics.
 """
@@ -21,6 +22,7 @@ import logging
 import random
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
@@ -135,12 +137,31 @@ def build_transform(is_train: bool, input_size: int, normalize_type: str = "imag
     return T.Compose(steps)
 
 
+def to_rgb(img: Image.Image, path: str) -> Image.Image:
+    """RGB from any PIL mode, with high bit depths mapped, never clipped.
+
+    Grayscale deeper than 8 bits (``I;16``/``I;16B``/``I;16L``/``I`` integers, ``F`` floats; common in medical PNG and
+    TIFF exports) is mapped linearly from the image's own min..max onto 0..255 (a constant image becomes 0): PIL's
+    ``convert("RGB")`` would clip every value above 255 to white. Animated images are refused (which frame is meant
+    is not ours to guess).
+    """
+    if getattr(img, "n_frames", 1) > 1:
+        raise MediaError(f"{path}: animated image with {img.n_frames} frames; export the frame you mean as a still")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        img = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def open_image(path: str) -> Image.Image:
-    """Open and decode an image file as RGB; ``MediaError`` naming the file if it is missing or unreadable."""
+    """Open and decode an image file as RGB (``to_rgb``); ``MediaError`` naming the file if it is missing,
+    unreadable or animated."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img, path)
     except FileNotFoundError as exc:
         raise MediaError(f"{path}: file not found") from exc
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -217,6 +238,8 @@ class ImageReader(MediaReader):
             raise MediaError(f"{ref!r}: an image reference must be a path string")
         try:
             with Image.open(ref) as img:
+                if getattr(img, "n_frames", 1) > 1:
+                    raise MediaError(f"{ref}: animated image with {img.n_frames} frames; export the frame you mean")
                 img.verify()
         except FileNotFoundError as exc:
             raise MediaError(f"{ref}: file not found") from exc

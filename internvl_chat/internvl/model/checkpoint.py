@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from internvl.errors import InputError
 from internvl.fileio import atomic_write_text
 from internvl.model.llm import internlm2_state_to_llama, is_internlm2_state
 
@@ -31,7 +32,7 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint directory we cannot read or map; the message names the file."""
 
 
@@ -46,18 +47,33 @@ def read_config(path: str) -> dict:
         raise CheckpointError(f"{cfg_file}: invalid JSON ({exc})") from exc
 
 
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # SafetensorError, OSError, ...: a truncated or corrupt file, named
+        raise CheckpointError(f"{file}: cannot read the weights ({type(exc).__name__}: {exc}); the file is "
+                              f"truncated or corrupt") from exc
+
+
 def read_weights(path: str) -> dict[str, torch.Tensor]:
     root = Path(path)
     if (root / WEIGHTS).is_file():
-        return load_file(str(root / WEIGHTS))
+        return _load_safetensors(root / WEIGHTS)
     if (root / WEIGHTS_INDEX).is_file():
-        index = json.loads((root / WEIGHTS_INDEX).read_text())
+        try:
+            index = json.loads((root / WEIGHTS_INDEX).read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{root / WEIGHTS_INDEX}: not a weight index ({exc})") from exc
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(root / shard)))
+        for shard in shards:
+            state.update(_load_safetensors(root / shard))
         return state
     if (root / "pytorch_model.bin").is_file():
-        return torch.load(str(root / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(root / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{root / 'pytorch_model.bin'}: cannot read the weights ({exc})") from exc
     raise CheckpointError(f"{root}: no {WEIGHTS}, {WEIGHTS_INDEX} or pytorch_model.bin")
 
 

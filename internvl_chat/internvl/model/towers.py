@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
 from internvl.model.vision.base import create_vision_model, encoder_class
+from internvl.errors import ConfigError
 
 
 @dataclass
@@ -47,9 +48,9 @@ def _json(flag: str, text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} {text!r}: not valid JSON ({exc.msg})") from exc
+        raise ConfigError(f"{flag} {text!r}: not valid JSON ({exc.msg})") from exc
     if not isinstance(value, dict):
-        raise ValueError(f"{flag} {text!r}: expected a JSON object")
+        raise ConfigError(f"{flag} {text!r}: expected a JSON object")
     return value
 
 
@@ -74,10 +75,10 @@ def parse_tower_flags(vision_model=(), vision_overrides=(), projector=(), projec
         change(kind).projector_config = _json("--projector_config", text)
     for c in changes.values():
         if c.overrides and not c.encoder:
-            raise ValueError(f"--vision_overrides{'' if c.kind is None else ' ' + c.kind + '='}... needs "
+            raise ConfigError(f"--vision_overrides{'' if c.kind is None else ' ' + c.kind + '='}... needs "
                              f"--vision_model for the same tower")
         if c.projector_config is not None and not c.projector:
-            raise ValueError("--projector_config needs --projector for the same tower")
+            raise ConfigError("--projector_config needs --projector for the same tower")
     return list(changes.values())
 
 
@@ -110,7 +111,7 @@ def apply_tower_changes(config: InternVLChatConfig, changes: list[TowerChange], 
         tower = towers.get(c.kind)
         if tower is None:
             if encoder is None:
-                raise ValueError(f"--projector {c.kind}=...: the model has no {c.kind!r} tower; add one with "
+                raise ConfigError(f"--projector {c.kind}=...: the model has no {c.kind!r} tower; add one with "
                                  f"--vision_model {c.kind}=NAME")
             tower = {"projector": "mlp1", "projector_config": {}}
         if encoder is not None:

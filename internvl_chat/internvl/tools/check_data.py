@@ -7,7 +7,7 @@ one training will have: ``--model``'s config with the finetune's flags applied (
 ``--vision_overrides``, ``--projector``, ``--projector_config``, each repeatable), so a volume, slide or
 ``meditk`` dataset is checked before any checkpoint with that encoder exists.
 
-Prints a summary table per dataset (rows, ok, bad by reason, tokens min/mean/max, media items) and the first
+Prints a summary table per dataset (rows, ok, bad by reason, tokens min/mean/max, media items, rows whose text max_seq_length cuts) and the first
 ``--show`` bad rows, one line each: ``file:line [reason] message``. Exit status: 0 when every row is good, 1 when
 any row (or a dataset's annotation file) is bad, 2 when the meta JSON, the model folder, a flag or the template
 is bad (one ``error: ...`` line).
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from internvl.registry import add_plugins_argument, import_from_args
-from internvl.errors import MISSING_ANNOTATION, DataError, TemplateError
+from internvl.errors import MISSING_ANNOTATION, DataError, run_cli
 
 
 @dataclass
@@ -39,6 +39,7 @@ class DatasetReport:
     bad: Counter = field(default_factory=Counter)
     tokens: list = field(default_factory=list)
     media_items: int = 0
+    truncated: int = 0
     errors: list = field(default_factory=list)  # [(sample_ref, reason, message)]
 
     @property
@@ -68,6 +69,7 @@ def check_dataset(spec, tokenizer, config, *, template_name=None, max_seq_length
             report.errors.append((err.sample_ref, err.reason, err.message))
             continue
         report.ok += 1
+        report.truncated += int(sample["truncated"])
         report.tokens.append(int(sample["input_ids"].numel()))
         report.media_items += len(sample["pixel_values"])
     return report
@@ -75,12 +77,13 @@ def check_dataset(spec, tokenizer, config, *, template_name=None, max_seq_length
 
 def format_table(reports: list[DatasetReport]) -> str:
     """The per-dataset summary as an aligned text table."""
-    head = ["dataset", "rows", "ok", "bad", "bad by reason", "tokens min/mean/max", "media items"]
+    head = ["dataset", "rows", "ok", "bad", "bad by reason", "truncated", "tokens min/mean/max", "media items"]
     rows = []
     for r in reports:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r.bad.items())) or "-"
         toks = (f"{min(r.tokens)}/{sum(r.tokens) / len(r.tokens):.1f}/{max(r.tokens)}" if r.tokens else "-")
-        rows.append([r.name, str(r.rows), str(r.ok), str(r.n_bad), reasons, toks, str(r.media_items)])
+        rows.append([r.name, str(r.rows), str(r.ok), str(r.n_bad), reasons, str(r.truncated), toks,
+                     str(r.media_items)])
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in rows]
@@ -125,30 +128,23 @@ def load_config(args):
     return config
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import_from_args(args)
     from transformers import AutoTokenizer
 
-    from internvl.data.meta import MetaError, load_meta
+    from internvl.data.meta import load_meta
+    from internvl.model.checkpoint import CheckpointError
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        config = load_config(args)
-        specs = load_meta(args.meta_path)
-    except (MetaError, ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise CheckpointError(f"{args.model}: cannot load the tokenizer ({exc})") from exc
+    config = load_config(args)
+    specs = load_meta(args.meta_path)
     options = {"normalize_type": args.normalize_type} if args.normalize_type else {}
-    reports = []
-    try:
-        for spec in specs:
-            reports.append(check_dataset(spec, tokenizer, config, template_name=args.template,
-                                         max_seq_length=args.max_seq_length, data_options=options,
-                                         progress=not args.no_progress))
-    except TemplateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    reports = [check_dataset(spec, tokenizer, config, template_name=args.template, max_seq_length=args.max_seq_length,
+                             data_options=options, progress=not args.no_progress) for spec in specs]
     print(format_table(reports))
     errors = [e for r in reports for e in r.errors]
     if errors:
@@ -158,6 +154,11 @@ def main(argv=None) -> int:
         return 1
     print(f"\nall {sum(r.rows for r in reports)} rows OK")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ import os
 import shutil
 import sys
 
+from internvl.errors import ConfigError, run_cli
 from internvl.registry import add_plugins_argument, import_from_args
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
-def main(argv=None) -> int:
+def run(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m internvl.tools.compose_towers", description=__doc__.split("\n")[0])
     p.add_argument("src", help="InternVL checkpoint folder")
     p.add_argument("dst", help="output folder")
@@ -33,20 +34,15 @@ def main(argv=None) -> int:
     import_from_args(args)
     import torch
 
-    from internvl.model.checkpoint import CheckpointError
     from internvl.model.internvl_chat import InternVLChatModel
     from internvl.model.towers import compose_towers, parse_tower_flags
 
-    try:
-        changes = parse_tower_flags(args.vision_model, args.vision_overrides, args.projector, args.projector_config)
-        if not changes:
-            raise ValueError("nothing to do: give --vision_model and/or --projector")
-        model = InternVLChatModel.from_pretrained(args.src)
-        torch.manual_seed(args.seed)
-        new = compose_towers(model, changes)
-    except (CheckpointError, ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    changes = parse_tower_flags(args.vision_model, args.vision_overrides, args.projector, args.projector_config)
+    if not changes:
+        raise ConfigError("nothing to do: give --vision_model and/or --projector")
+    model = InternVLChatModel.from_pretrained(args.src)
+    torch.manual_seed(args.seed)
+    new = compose_towers(model, changes)
     new.save_pretrained(args.dst)
     for name in TOKENIZER_FILES:
         if os.path.isfile(os.path.join(args.src, name)):
@@ -54,6 +50,11 @@ def main(argv=None) -> int:
     kinds = ", ".join(f"{k}: {('primary' if t is None else 'tower ' + t)}" for k, t in new.config.tower_kinds().items())
     print(f"saved {args.dst} ({kinds})")
     return 0
+
+
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from internvl.errors import run_cli
 from internvl.fileio import atomic_directory
 
 
@@ -71,19 +72,18 @@ def export(src: str, dst: str) -> Path:
     return Path(dst).resolve()
 
 
-def main(argv=None) -> None:
+def run(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Export an InternVL checkpoint as a transformers-native -hf one")
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
-    from internvl.model.checkpoint import CheckpointError
+    print(f"wrote {export(args.src, args.dst)}")
 
-    try:
-        out = export(args.src, args.dst)
-    except CheckpointError as exc:
-        sys.exit(f"export_hf: {exc}")
-    print(f"wrote {out}")
+
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from internvl.errors import run_cli
 from internvl.fileio import atomic_directory
 
 
@@ -30,20 +31,16 @@ def merge(model):
     return model
 
 
-def main(argv=None) -> None:
+def run(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Merge LoRA adapters into an InternVL checkpoint")
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    from internvl.model.checkpoint import CheckpointError
     from internvl.model.internvl_chat import InternVLChatModel
 
-    try:
-        model = InternVLChatModel.from_pretrained(args.src, dtype="auto")
-    except CheckpointError as exc:
-        sys.exit(f"merge_lora: {exc}")
+    model = InternVLChatModel.from_pretrained(args.src, dtype="auto")
     if not (model.config.use_llm_lora or model.config.use_backbone_lora):
         print(f"merge_lora: {args.src} holds no LoRA adapters; writing it unchanged", file=sys.stderr)
     merge(model)
@@ -53,5 +50,10 @@ def main(argv=None) -> None:
     print(f"wrote {Path(args.dst).resolve()}")
 
 
+def main(argv=None) -> int:
+    """The command line under the error policy: one ``error:`` line and exit status 2 for bad input."""
+    return run_cli(run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
+from internvl.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ class ModelArguments:
             setattr(self, name, _flat_strings(getattr(self, name)))
         for name in ("use_backbone_lora", "use_llm_lora"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name} is a LoRA rank and must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} is a LoRA rank and must be >= 0, got {getattr(self, name)}")
         from internvl.model.towers import parse_tower_flags
 
         parse_tower_flags(self.vision_model, self.vision_overrides, self.projector, self.projector_config)
@@ -108,9 +110,9 @@ class DataTrainingArguments:
 
     def __post_init__(self):
         if not 0 <= self.bad_sample_budget < 1:
-            raise ValueError(f"--bad_sample_budget must be a fraction in [0, 1), got {self.bad_sample_budget}")
+            raise ConfigError(f"--bad_sample_budget must be a fraction in [0, 1), got {self.bad_sample_budget}")
         if self.normalize_type not in ("imagenet", "clip", "siglip"):
-            raise ValueError(f"--normalize_type must be imagenet, clip or siglip, got {self.normalize_type!r}")
+            raise ConfigError(f"--normalize_type must be imagenet, clip or siglip, got {self.normalize_type!r}")
 
 
 @dataclass
@@ -121,6 +123,10 @@ class TrainingArguments(transformers.TrainingArguments):
         default="non_padding", metadata={"help": "Count tokens seen (for tokens/s): all | non_padding | no."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start from the model, ignoring checkpoints in output_dir (no auto-resume)."})
+    trust_checkpoint_pickles: bool = field(default=False, metadata={
+        "help": "Let DeepSpeed unpickle its checkpoint files without restriction when resuming (they can run code). "
+                "Off: they are read weights-only and a file that holds anything but tensors and DeepSpeed's own "
+                "data classes is refused. Only for checkpoints you made yourself."})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "InternVL/transformers-4 name of "
                                                                              "--eval_strategy."})
     group_by_length: bool = field(default=False, metadata={"help": "InternVL/transformers-4 name of "
@@ -135,7 +141,7 @@ class TrainingArguments(transformers.TrainingArguments):
             self.train_sampling_strategy = "group_by_length"
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             self.warmup_steps = self.warmup_ratio
         if not torch.cuda.is_available() and not self.use_cpu:
             self.use_cpu = True

@@ -14,7 +14,8 @@ and the dataset returns the next good sample in index order instead (determinist
 replaced by the first good one of ``i+1, i+2, ...``; the replacement is seen once more that epoch). The budget
 is ``floor(fraction * distinct lines the dataset uses)`` distinct bad lines, counted across DataLoader workers
 of one process through shared memory (each DDP rank counts its own); one more raises ``SkipBudgetExceeded``.
-``TemplateError`` (template/tokenizer mismatch) is never skipped.
+``TemplateError`` (template/tokenizer mismatch) is never skipped. A sample whose text is cut at ``max_seq_length``
+is logged with ``file:line`` and counted (``truncated_count``); it still trains.
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class SupervisedDataset(Dataset):
                                     f"(meta {spec.meta_path})") from exc
         self.line_index = select_lines(len(self.index), spec.repeat_time, seed, spec.name)
         check_template(self.template_name, tokenizer, sample_ref=f"dataset {spec.name!r} ({spec.annotation})")
+        self._truncated = mp.Value("l", 0)  # shared with DataLoader workers
         self.skip_fraction = skip_fraction(skip_bad_samples)
         self.bad_budget = int(self.skip_fraction * len(set(self.line_index)))
         if self.skip_fraction:
@@ -98,6 +100,21 @@ class SupervisedDataset(Dataset):
         return self.index.ref(self.line_index[i])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self._get(i)
+        if sample["truncated"]:
+            with self._truncated.get_lock():
+                self._truncated.value += 1
+                count = self._truncated.value
+            logger.warning("%s: text truncated to max_seq_length %d (%d truncated sample(s) so far in dataset %r)",
+                           sample["sample_ref"], self.max_seq_length, count, self.spec.name)
+        return sample
+
+    @property
+    def truncated_count(self) -> int:
+        """Samples built so far whose text was cut at ``max_seq_length`` (across DataLoader workers)."""
+        return self._truncated.value
+
+    def _get(self, i: int) -> dict[str, Any]:
         if not self.skip_fraction:
             return self.build(self.line_index[i])
         n = len(self)

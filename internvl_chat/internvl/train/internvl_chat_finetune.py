@@ -61,6 +61,7 @@ from internvl.registry import add_plugins_argument, load_plugins
 from internvl.train.arguments import DataTrainingArguments, ModelArguments, TrainingArguments
 from internvl.constants import IMG_CONTEXT_TOKEN, SPECIAL_TOKENS
 from internvl.train.freeze import configure_trainable, format_summary, trainable_summary
+from internvl.errors import ConfigError, run_cli
 
 logger = logging.getLogger("internvl.finetune")
 
@@ -114,12 +115,17 @@ def setup_logging(training_args) -> None:
 
 # ------------------------------------------------------------------------------------------------ tokenizer
 def load_tokenizer(model_args, data_args):
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer,
-                                              trust_remote_code=False)
+    from internvl.model.checkpoint import CheckpointError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+                                                  use_fast=model_args.use_fast_tokenizer, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{model_args.model_name_or_path}: cannot load the tokenizer ({exc})") from exc
     tokenizer.model_max_length = data_args.max_seq_length
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no pad token")
+        raise ConfigError(f"{model_args.model_name_or_path}: the tokenizer has no pad token")
     return tokenizer
 
 
@@ -179,11 +185,11 @@ def check_vision_geometry(model, data_args) -> None:
     do not, so a different ``--force_image_size`` is an error rather than a silently different model."""
     cfg = model.config
     if abs(float(cfg.downsample_ratio) - data_args.down_sample_ratio) > 1e-9:
-        raise ValueError(f"--down_sample_ratio {data_args.down_sample_ratio} differs from the checkpoint's "
+        raise ConfigError(f"--down_sample_ratio {data_args.down_sample_ratio} differs from the checkpoint's "
                          f"{cfg.downsample_ratio}")
     size = getattr(cfg.vision_config, "image_size", None)
     if data_args.force_image_size and size and data_args.force_image_size != cfg.image_size:
-        raise ValueError(f"--force_image_size {data_args.force_image_size} differs from the checkpoint's tile size "
+        raise ConfigError(f"--force_image_size {data_args.force_image_size} differs from the checkpoint's tile size "
                          f"{cfg.image_size}; resizing position embeddings is not supported: pass "
                          f"--force_image_size {cfg.image_size}")
 
@@ -236,7 +242,7 @@ def build_train_dataset(tokenizer, model, data_args, training_args):
     from internvl.train.sampling import TrainDataset
 
     if not data_args.meta_path:
-        raise ValueError("--meta_path is required")
+        raise ConfigError("--meta_path is required")
     options = dict(normalize_type=data_args.normalize_type)  # tiling settings live in model.config (see load_model)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     skip = data_args.bad_sample_budget if data_args.skip_bad_samples else False
@@ -247,19 +253,65 @@ def build_train_dataset(tokenizer, model, data_args, training_args):
 
 
 # ------------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The finetune under the error policy (``internvl.errors.run_cli``): bad input is one ``error:`` line, exit 2."""
+    return run_cli(run, argv)
+
+
+def single_process_env(env=os.environ) -> None:
+    """Run as one process without a launcher: DeepSpeed still wants a (one-member) process group; give it a free
+    local port unless MASTER_PORT is set."""
+    if "WORLD_SIZE" in env or "RANK" in env:
+        return
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in env:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def die_with_launcher(env=os.environ) -> None:
+    """torchrun starts each worker in a session of its own, so ``kill -9`` of the launcher's process group would
+    leave the workers running (and writing checkpoints). On Linux a worker asks the kernel for SIGKILL when its
+    parent, torchrun's agent, dies."""
+    if "TORCHELASTIC_RUN_ID" not in env or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:  # the agent was already gone before the request
+        os._exit(1)
+
+
+def run(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     slurm_to_torch_env()
+    single_process_env()
     model_args, data_args, training_args, plugins = parse_args(argv)
     setup_logging(training_args)
     load_plugins(plugins)
     from internvl.data.collate import DataCollator
-    from internvl.train.trainer_utils import InternVLTrainer, resolve_resume
+    from internvl.train.trainer_utils import InternVLTrainer, finished_run, resolve_resume, write_finished
 
     if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (an InternVL chat checkpoint)")
+        raise ConfigError("--model_name_or_path is required (an InternVL chat checkpoint)")
     logger.warning("process %d/%d, device %s, bf16 %s, deepspeed %s", training_args.process_index,
                    training_args.world_size, training_args.device, training_args.bf16, bool(training_args.deepspeed))
+    done = finished_run(training_args)
+    if done is not None:
+        logger.warning("%s already holds a finished run (step %s, epoch %s): nothing to do; pass "
+                       "--overwrite_output_dir True to train again, or a larger --max_steps / --num_train_epochs "
+                       "to continue", training_args.output_dir, done["global_step"], done["epoch"])
+        return 0
     resume = resolve_resume(training_args)
+    if training_args.deepspeed:
+        from internvl.train.safe_resume import use_weights_only_deepspeed_loads
+
+        use_weights_only_deepspeed_loads(training_args.trust_checkpoint_pickles)
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args, data_args)
@@ -273,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = trainable_summary(model)
     logger.info(format_summary(summary))
     if not any(t for t, _ in summary.values()):
-        raise ValueError("nothing to train: every parameter is frozen (check --freeze_* and LoRA flags)")
+        raise ConfigError("nothing to train: every parameter is frozen (check --freeze_* and LoRA flags)")
 
     train_dataset = build_train_dataset(tokenizer, model, data_args, training_args)
     trainer = InternVLTrainer(model=model, args=training_args, train_dataset=train_dataset,
@@ -286,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(json.dumps(result.metrics, indent=2) + "\n", os.path.join(out, "train_results.json"))
         state = json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n"
         atomic_write_text(state, os.path.join(out, "trainer_state.json"))
+        write_finished(out, trainer.state, training_args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+FINISHED = "training_finished.json"  # written last, atomically: the run's final model is complete
 STAGING_PREFIX = "tmp-" + PREFIX_CHECKPOINT_DIR
 
 
@@ -97,6 +98,34 @@ def resolve_resume(training_args) -> str | None:
     if found:
         logger.info("auto-resume: continuing from %s (pass --overwrite_output_dir True to start over)", found)
     return found
+
+
+def write_finished(output_dir: str, state, args) -> None:
+    """Mark ``output_dir`` as a finished run (after the final model, ``train_results.json`` and the state)."""
+    import json
+
+    from internvl.fileio import atomic_write_text
+
+    record = {"global_step": state.global_step, "epoch": state.epoch, "max_steps": args.max_steps,
+              "num_train_epochs": args.num_train_epochs}
+    atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(output_dir, FINISHED))
+
+
+def finished_run(training_args) -> dict | None:
+    """The finish record of ``output_dir`` if that run already trained as far as these arguments ask (so a
+    re-launch has nothing to do), else None. ``--overwrite_output_dir`` always trains."""
+    import json
+
+    path = os.path.join(training_args.output_dir, FINISHED)
+    if training_args.overwrite_output_dir or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        record = json.load(fh)
+    if training_args.max_steps and training_args.max_steps > 0:
+        done = record["global_step"] >= training_args.max_steps
+    else:
+        done = (record.get("epoch") or 0) >= float(training_args.num_train_epochs) - 1e-6
+    return record if done else None
 
 
 class InternVLTrainer(Trainer):
@@ -181,6 +210,13 @@ class InternVLTrainer(Trainer):
             self._n_params = model.num_parameters(exclude_embeddings=True)
         ids = inputs.get("input_ids")
         return 6 * (int(ids.numel()) if ids is not None else 0) * self._n_params
+
+    def _run_epoch(self, *args, **kwargs):
+        # resumed from a checkpoint at (or past) the last step: transformers would still run one more step
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _inner_training_loop(self, *args, **kwargs):
         self._tput_last = None

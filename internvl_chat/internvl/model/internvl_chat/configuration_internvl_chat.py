@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from internvl.errors import ConfigError
 from internvl.model.projector import PROJECTORS
 from internvl.model.vision.base import (create_vision_model_from_dict, encoder_class, vision_config_from_dict,
                                         vision_config_to_dict)
@@ -41,7 +42,7 @@ def llm_config_from_dict(cfg: dict | PretrainedConfig) -> PretrainedConfig:
         return internlm2_config_to_llama(cfg)
     model_type = cfg.pop("model_type", None)
     if not model_type:
-        raise ValueError(f"llm_config has no model_type (architectures={cfg.get('architectures')})")
+        raise ConfigError(f"llm_config has no model_type (architectures={cfg.get('architectures')})")
     for key in ("transformers_version", "auto_map", "_name_or_path"):
         cfg.pop(key, None)
     return AutoConfig.for_model(model_type, **cfg)
@@ -165,11 +166,11 @@ class InternVLChatConfig(PretrainedConfig):
 def _tower_from_dict(kind: str, spec: dict) -> dict[str, Any]:
     """One extra tower's entry with its ``vision_config`` as the encoder's config object."""
     if not isinstance(spec, dict) or "vision_config" not in spec:
-        raise ValueError(f"vision_towers[{kind!r}] must be {{'vision_config': ..., 'projector': ...}}, got {spec!r}")
+        raise ConfigError(f"vision_towers[{kind!r}] must be {{'vision_config': ..., 'projector': ...}}, got {spec!r}")
     vc = spec["vision_config"]
     vc = vc if isinstance(vc, PretrainedConfig) else vision_config_from_dict(dict(vc))
     if kind not in encoder_class(vc).media_kinds(vc):
-        raise ValueError(f"vision_towers[{kind!r}]: encoder {vc.encoder_name!r} reads "
+        raise ConfigError(f"vision_towers[{kind!r}]: encoder {vc.encoder_name!r} reads "
                          f"{list(encoder_class(vc).media_kinds(vc))}, not {kind!r}")
     return {"vision_config": vc, "projector": spec.get("projector") or "mlp1",
             "projector_config": dict(spec.get("projector_config") or {})}

@@ -31,6 +31,7 @@ from internvl.model.llm import build_llm, llm_lora_targets
 from internvl.model.projector import create_projector
 from internvl.model.vision.base import encoder_class
 from internvl.prompt import encode_generation_prompt, generation_prompt
+from internvl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class InternVLChatModel(PreTrainedModel):
         for tower, encoder in self.vision_encoders().items():
             targets = encoder.lora_target_modules
             if not targets:
-                raise ValueError(f"--use_backbone_lora: encoder {encoder.config.encoder_name!r} declares no LoRA "
+                raise ConfigError(f"--use_backbone_lora: encoder {encoder.config.encoder_name!r} declares no LoRA "
                                  f"target modules; train it in full (--freeze_backbone False) or freeze it")
             cfg = LoraConfig(r=r, lora_alpha=lora_alpha or 2 * r, lora_dropout=lora_dropout,
                              target_modules=targets, modules_to_save=encoder.lora_modules_to_save)
