@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer than ~20 s and also covered by a demo script")
+    config.addinivalue_line("markers", "kill: the slowest reliability tests (SIGKILL and relaunch); they run in CI")
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,11 @@ def report(exc: BaseException) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(line + "\n")
         return EXIT_BAD_INPUT
-    print(line, file=sys.stderr)
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):  # on its own line, not after a progress bar
+        tqdm.tqdm.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -104,3 +108,10 @@ def run_cli(main, argv=None) -> int:
         if debug:
             raise
         return report(exc)
+    except BaseException:
+        # under the multi-process launcher: once a rank has reported bad input and left, the others fail in their
+        # next collective; that is the same bad input, not a second error, and the launcher prints the line
+        path = os.environ.get("INTERNVL_ERROR_FILE")
+        if path and os.path.exists(path) and not debug:
+            return EXIT_BAD_INPUT
+        raise

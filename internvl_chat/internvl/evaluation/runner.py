@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from internvl.data.collate import stack_items
 from internvl.data.processor import RowProcessor
-from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError
+from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, SkipBudgetExceeded
 from internvl.evaluation.base import EVAL_TASKS, create_task
 from internvl.evaluation.testset import Sample, read_samples
 
@@ -101,8 +101,8 @@ def generate_predictions(model, tokenizer, samples: list[Sample], processor: Row
             logger.warning("skipping %s (%d skipped, budget %d)", exc, len(skipped), max_skip)
             if len(skipped) > max_skip:
                 bar.close()
-                raise RuntimeError(f"{len(skipped)} rows with unreadable media, more than --max-skip {max_skip}; "
-                                   f"last: {exc}") from exc
+                raise SkipBudgetExceeded(f"{len(skipped)} rows with unreadable media, more than --max-skip "
+                                         f"{max_skip}; last: {exc}") from exc
             bar.update(1)
             continue
         pending.append((s, inputs))
@@ -242,7 +242,6 @@ def write_json_atomic(obj: Any, path: str) -> None:
 def load_model(model_dir: str, device: str = "auto", dtype: str = "auto"):
     """(model, tokenizer) from an InternVL checkpoint folder; no remote code."""
     import torch
-    from transformers import AutoTokenizer
 
     from internvl.model.internvl_chat import InternVLChatModel
 
@@ -250,14 +249,11 @@ def load_model(model_dir: str, device: str = "auto", dtype: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    from internvl.model.checkpoint import CheckpointError
+    from internvl.model.checkpoint import read_tokenizer
 
     model = InternVLChatModel.from_pretrained(model_dir)
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{model_dir}: cannot load the tokenizer ({exc})") from exc
+    tokenizer = read_tokenizer(model_dir)
     return model, tokenizer
 
 

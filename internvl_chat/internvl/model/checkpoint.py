@@ -47,6 +47,16 @@ def read_config(path: str) -> dict:
         raise CheckpointError(f"{cfg_file}: invalid JSON ({exc})") from exc
 
 
+def read_tokenizer(path: str, **kwargs):
+    """The checkpoint's tokenizer (no remote code); ``CheckpointError`` naming the folder if it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({_first_line(exc)})") from exc
+
+
 def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
@@ -219,6 +229,30 @@ def save_model(model, path: str, state_dict: dict | None = None, max_shard_bytes
     atomic_write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n", root / "config.json")
 
 
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def build_config(config_class, kwargs: dict, path: str):
+    """The model config from a checkpoint's fields; ``CheckpointError`` naming its ``config.json`` otherwise."""
+    try:
+        return config_class(**kwargs)
+    except Exception as exc:  # re-raised naming the file (transformers raises several validation types)
+        raise CheckpointError(f"{Path(path) / 'config.json'}: cannot build the model config: "
+                              f"{_first_line(exc)}") from exc
+
+
+def read_model_config(config_class, path: str):
+    """An ``internvl_chat`` checkpoint's config (what ``check_data`` needs), errors naming the file."""
+    raw = read_config(path)
+    if raw.get("model_type") != "internvl_chat":
+        raise CheckpointError(f"{Path(path) / 'config.json'}: model_type {raw.get('model_type')!r} is not "
+                              f"'internvl_chat'")
+    return build_config(config_class, {k: v for k, v in raw.items() if k not in ("auto_map", "transformers_version")},
+                        path)
+
+
 def load_model(cls, path: str, dtype=None, device=None, **overrides):
     """Build the model a checkpoint describes and load its weights (strict: every key must match)."""
     from accelerate import init_empty_weights
@@ -235,10 +269,7 @@ def load_model(cls, path: str, dtype=None, device=None, **overrides):
         kwargs = config_from_hf(raw)
         state = hf_state_to_ours(state)
     kwargs.update(overrides)
-    try:
-        config = cls.config_class(**kwargs)
-    except Exception as exc:  # re-raised naming the file (transformers raises several validation types)
-        raise CheckpointError(f"{Path(path) / 'config.json'}: cannot build the model config: {exc}") from exc
+    config = build_config(cls.config_class, kwargs, path)
     head_saved = any(k.endswith("lm_head.weight") or k == "language_model.output.weight" for k in state)
     config.llm_config.tie_word_embeddings = not head_saved
     lora_llm, lora_vit = config.use_llm_lora, config.use_backbone_lora

@@ -114,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args):
     """The model config training would have: ``--model``'s, with the finetune's vision flags applied."""
+    from internvl.model.checkpoint import read_model_config
     from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
     from internvl.model.towers import apply_tower_changes, parse_tower_flags
 
-    config = InternVLChatConfig.from_pretrained(args.model)
+    config = read_model_config(InternVLChatConfig, args.model)
     changes = parse_tower_flags(args.vision_model, args.vision_overrides, args.projector, args.projector_config)
     if changes:
         config = apply_tower_changes(config, changes)[0]
@@ -131,15 +132,10 @@ def load_config(args):
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import_from_args(args)
-    from transformers import AutoTokenizer
-
     from internvl.data.meta import load_meta
-    from internvl.model.checkpoint import CheckpointError
+    from internvl.model.checkpoint import read_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except OSError as exc:
-        raise CheckpointError(f"{args.model}: cannot load the tokenizer ({exc})") from exc
+    tokenizer = read_tokenizer(args.model)
     config = load_config(args)
     specs = load_meta(args.meta_path)
     options = {"normalize_type": args.normalize_type} if args.normalize_type else {}

@@ -54,7 +54,7 @@ if not torch.cuda.is_available():  # DeepSpeed's accelerator must be known befor
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import transformers
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
 from internvl.fileio import atomic_write_text
 from internvl.registry import add_plugins_argument, load_plugins
@@ -115,13 +115,9 @@ def setup_logging(training_args) -> None:
 
 # ------------------------------------------------------------------------------------------------ tokenizer
 def load_tokenizer(model_args, data_args):
-    from internvl.model.checkpoint import CheckpointError
+    from internvl.model.checkpoint import read_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
-                                                  use_fast=model_args.use_fast_tokenizer, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{model_args.model_name_or_path}: cannot load the tokenizer ({exc})") from exc
+    tokenizer = read_tokenizer(model_args.model_name_or_path, use_fast=model_args.use_fast_tokenizer)
     tokenizer.model_max_length = data_args.max_seq_length
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
