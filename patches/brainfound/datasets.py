@@ -110,9 +110,10 @@ class SliceDataset(Dataset):
                     raise MediaError(f"{exc} (bad volume {bad} > max_bad_files={max_bad})") from exc
                 logger.warning("skipping unreadable volume (%d/%d allowed): %s", bad, max_bad, exc)
                 depths.append(0)
-        from patches.brainfound.weights import atomic_write_text
+        from internvl.fileio import atomic_write_text
 
-        atomic_write_text(cache, json.dumps({"files": keyed, "depths": depths, "skipped": bad}))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps({"files": keyed, "depths": depths, "skipped": bad}), cache)
         return depths
 
     def set_epoch(self, epoch: int) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from patches.brainfound.synthetic import synthetic_head, synthetic_report
-from patches.brainfound.weights import atomic_write_text
+from internvl.fileio import atomic_write_text
 
 DEFAULT_OUT = "data/demo_brainfound"
 GENERATOR_VERSION = 3  # bump when the generated content changes
@@ -41,7 +41,7 @@ def _save_npz(path: Path, arr: np.ndarray) -> None:
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), path)
 
 
 def build_stage1(out: Path, rng: np.random.Generator, n_ct: int = 16, n_mri: int = 8, depth: int = 8,
@@ -129,7 +129,7 @@ def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 96, n_test:
              "test_meta.json": {"brainfound_mcq": entry("test_mcq", "brainfound_mcq"),
                                 "brainfound_qa": entry("test_qa", "open_qa")}}
     for name, meta in metas.items():
-        atomic_write_text(out / name, json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(json.dumps(meta, indent=1) + "\n", out / name)
     return {"stage3_train_meta": out / "train_meta.json", "stage3_test_meta": out / "test_meta.json"}
 
 
@@ -155,8 +155,8 @@ def build(out_dir: str | os.PathLike = DEFAULT_OUT, seed: int = 0, force: bool =
         build_stage3(tmp / "stage3", rng)
         for meta in ("train_meta.json", "test_meta.json"):  # roots as the caller named the folder, not the tmp one
             text = (tmp / "stage3" / meta).read_text().replace(str(tmp), str(out))
-            atomic_write_text(tmp / "stage3" / meta, text)
-        atomic_write_text(tmp / "build_info.json", json.dumps(info) + "\n")
+            atomic_write_text(text, tmp / "stage3" / meta)
+        atomic_write_text(json.dumps(info) + "\n", tmp / "build_info.json")
     return {k: str(v) for k, v in paths.items()}
 
 

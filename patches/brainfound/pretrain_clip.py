@@ -10,7 +10,7 @@ and a text encoder (``text.text_model``: a local BERT-like dir, or "tiny", built
 Data: scan JSONL (see ``datasets.ScanDataset``); slices windowed / scaled as stage 3 will see them, with
 Brainfound's stage-2 augmentations (scale-crop, flips, small rotation, gamma) shared by all slices of a scan.
 
-Outputs in ``train.output_dir``: resumable ``checkpoints/``, ``loss.csv`` / ``loss.png`` and, at the end,
+Outputs in ``train.output_dir``: resumable ``checkpoint-N/``, ``loss.csv`` / ``loss.png`` and, at the end,
 ``vision_encoder/`` (the trained ``brainfound_unet``, ``save_pretrained``: what stage 3 loads with
 ``--vision_overrides '{"pretrained_path": ".../vision_encoder"}'``), ``text_model/``, ``clip_heads.safetensors``
 and ``clip_config.json`` (what ``zero_shot`` loads). With ``eval.test_jsonl`` and ``eval.classes`` set, the run
@@ -33,7 +33,8 @@ from patches.brainfound.preprocess import SliceAugment
 from patches.brainfound.train_utils import (EpochSampler, find_resume, load_checkpoint, load_config,
                                             make_accelerator, save_checkpoint, setup_logging, stage_parser,
                                             write_loss_log)
-from patches.brainfound.weights import atomic_dir, atomic_save_safetensors, atomic_write_text
+from internvl.fileio import atomic_directory, atomic_write_text
+from patches.brainfound.weights import atomic_save_safetensors
 
 logger = logging.getLogger("brainfound.clip")
 
@@ -76,13 +77,13 @@ def build_model(cfg: dict, out: Path, is_main: bool, acc) -> tuple[BrainfoundCLI
 
 
 def export(model: BrainfoundCLIP, tok, cfg: dict, out: Path) -> None:
-    with atomic_dir(out / "vision_encoder") as tmp:
+    with atomic_directory(out / "vision_encoder") as tmp:
         model.vision.save_pretrained(tmp)
-    with atomic_dir(out / "text_model") as tmp:
+    with atomic_directory(out / "text_model") as tmp:
         model.text.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     atomic_save_safetensors(model.head_state(), out / "clip_heads.safetensors")
-    atomic_write_text(out / "clip_config.json", json.dumps({"clip": cfg["clip"], "data": cfg["data"]}, indent=1))
+    atomic_write_text(json.dumps({"clip": cfg["clip"], "data": cfg["data"]}, indent=1), out / "clip_config.json")
 
 
 def main(argv: list[str] | None = None) -> dict:

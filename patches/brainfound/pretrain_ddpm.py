@@ -10,7 +10,7 @@ noise (MSE). The cross-attention condition is the modality prompt's embedding ("
 [CLS] state of the configured text encoder (``condition.text_model``: a local BERT-like model or "tiny"),
 computed once and kept fixed, as Brainfound does with Chinese-BERT.
 
-Outputs in ``train.output_dir``: ``checkpoints/`` (resumable, see ``train_utils``), ``loss.csv`` / ``loss.png``,
+Outputs in ``train.output_dir``: ``checkpoint-N/`` (resumable, see ``train_utils``), ``loss.csv`` / ``loss.png``,
 and at the end ``unet/`` (diffusers ``save_pretrained`` + ``modality_embedding.safetensors``) and
 ``scheduler/`` -- what ``generate`` samples from and what stage 2 initialises ``brainfound_unet`` from.
 """
@@ -31,7 +31,8 @@ from patches.brainfound.encoder import PRESETS, BrainfoundUNetConfig
 from patches.brainfound.preprocess import CT_WINDOWS_STAGE1, SliceAugment, sample_generator
 from patches.brainfound.train_utils import (EpochSampler, find_resume, load_checkpoint, load_config, make_accelerator,
                                             save_checkpoint, setup_logging, stage_parser, write_loss_log)
-from patches.brainfound.weights import MODALITY_FILE, atomic_dir, atomic_save_safetensors
+from internvl.fileio import atomic_directory
+from patches.brainfound.weights import MODALITY_FILE, atomic_save_safetensors
 
 logger = logging.getLogger("brainfound.ddpm")
 
@@ -74,12 +75,12 @@ def modality_embeddings(enc_cfg: BrainfoundUNetConfig, spec: str, run_dir: str) 
 
 def export(unet, cond: torch.Tensor, enc_cfg: BrainfoundUNetConfig, noise_sched, out_dir: Path) -> None:
     """``unet/`` (diffusers layout + modality embedding) and ``scheduler/``, each written atomically."""
-    with atomic_dir(out_dir / "unet") as tmp:
+    with atomic_directory(out_dir / "unet") as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
         atomic_save_safetensors({"modality_embedding": cond}, tmp / MODALITY_FILE,
                                 metadata={"modalities": json.dumps(enc_cfg.modalities),
                                           "prompts": json.dumps(enc_cfg.modality_prompts)})
-    with atomic_dir(out_dir / "scheduler") as tmp:
+    with atomic_directory(out_dir / "scheduler") as tmp:
         noise_sched.save_pretrained(tmp)
 
 
