@@ -188,6 +188,58 @@ def find_resume(args_resume: str, out_dir: str, is_main: bool = True) -> Path | 
     return ckpt
 
 
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pkl", ".ckpt")
+
+
+def is_weights_file(spec: str | None) -> bool:
+    return bool(spec) and spec not in ("auto", "never") and Path(spec).is_file() and \
+        Path(spec).suffix.lower() in WEIGHT_FILE_SUFFIXES
+
+
+def read_weights_only(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file: safetensors, or ``torch.load(weights_only=True)`` (a Brainfound-style
+    ``{"model": state_dict, "optimizer": ..., "epoch": ...}`` checkpoint, or a bare state dict; ``module.``
+    prefixes of DDP saves are dropped). A pickle that needs code to load is refused, not executed."""
+    import pickle
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot be read weights-only ({str(exc).splitlines()[0]}); "
+                         f"convert it to safetensors or a plain state dict") from exc
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: no state dict of tensors found")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> dict[str, int]:
+    """Copy every tensor of ``state`` whose name and shape match ``model``'s; at least one must. Momentum twins
+    (``<name>_m.*``) absent from ``state`` start as copies of their online module."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not matched:
+        raise ValueError(f"{where}: none of its {len(state)} tensors matches this model (names or shapes differ)")
+    model.load_state_dict(matched, strict=False)
+    synced = 0
+    for name in getattr(model, "pairs", ()):
+        if hasattr(model, f"{name}_m") and not any(k.startswith(f"{name}_m.") for k in matched):
+            getattr(model, f"{name}_m").load_state_dict(getattr(model, name).state_dict())
+            synced += 1
+    counts = {"loaded": len(matched), "ignored": len(state) - len(matched), "not_in_file": len(own) - len(matched),
+              "momentum_synced": synced}
+    if counts["ignored"]:
+        logger.warning("%s: %d tensors match no weight of this model and were ignored", where, counts["ignored"])
+    return counts
+
+
 # ----------------------------------------------------------------------------------------------- loss logs
 def write_loss_log(out_dir: str | os.PathLike, history: list[list[float]], title: str,
                    columns: tuple[str, ...] = ("step", "loss")) -> None:
