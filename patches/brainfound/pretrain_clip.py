@@ -37,14 +37,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from internvl.fileio import atomic_directory, atomic_write_text
 from patches.brainfound.clip_model import BrainfoundCLIP, ClipConfig
 from patches.brainfound.datasets import ScanDataset, collate_scans, read_jsonl
 from patches.brainfound.encoder import brainfound_unet
 from patches.brainfound.preprocess import SliceAugment
-from patches.brainfound.train_utils import (EpochSampler, find_resume, is_weights_file, load_checkpoint,
-                                            load_config, load_weights_into, make_accelerator, read_weights_only,
-                                            save_checkpoint, setup_logging, stage_parser, write_loss_log)
-from internvl.fileio import atomic_directory, atomic_write_text
+from patches.brainfound.train_utils import (CONFIG_DIR, EpochSampler, find_resume, is_weights_file,
+                                            load_checkpoint, load_config, load_weights_into, make_accelerator,
+                                            read_weights_only, save_checkpoint, setup_logging, stage_parser,
+                                            write_loss_log)
 from patches.brainfound.weights import atomic_save_safetensors
 
 logger = logging.getLogger("brainfound.clip")
@@ -137,11 +138,12 @@ class Validator:
 
 
 def main(argv: list[str] | None = None, cfg: dict | None = None, resume: str | None = None) -> dict:
-    """``argv``: the YAML/--set command line; or ``cfg`` (a merged config) + ``resume`` from ``patches.brainfound.pretrain``."""
+    """``argv``: the YAML/--set command line; or ``cfg`` (a merged config) + ``resume`` (``pretrain`` passes these)."""
     from diffusers.optimization import get_scheduler
 
     if cfg is None:
-        args = stage_parser("Brainfound stage 2: contrastive + captioning pretraining").parse_args(argv)
+        parser = stage_parser("Brainfound stage 2: contrastive + captioning pretraining", str(CONFIG_DIR / "clip.yaml"))
+        args = parser.parse_args(argv)
         cfg = load_config(args.config, args.set, DEFAULTS)
         resume, out_override = args.resume, args.output_dir
     else:
@@ -257,4 +259,6 @@ def main(argv: list[str] | None = None, cfg: dict | None = None, resume: str | N
 
 
 if __name__ == "__main__":
-    main()
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

@@ -48,13 +48,25 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def add_launcher_args(p: argparse.ArgumentParser) -> None:
+    """``--local_rank`` / ``--local-rank``: what the deprecated ``python -m torch.distributed.launch`` passes (the
+    rank itself is read from the environment, as torchrun and accelerate set it)."""
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def stage_parser(description: str, default_config: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="YAML config (see patches/brainfound/configs/)")
+    p.add_argument("--config", required=default_config is None, default=default_config,
+                   help="YAML config (see patches/brainfound/configs/)" +
+                        (f"; default {default_config}" if default_config else ""))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set train.max_steps=100 (value parsed as YAML)")
     p.add_argument("--output_dir", default=None, help="overrides train.output_dir")
     p.add_argument("--resume", default="auto", help="auto (latest checkpoint if any) | never | a checkpoint dir")
+    add_launcher_args(p)
     return p
 
 
@@ -70,6 +82,13 @@ def load_config(path: str, sets: list[str], defaults: dict) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(defaults)}")
     cfg = deep_merge(defaults, user)
+    apply_sets(cfg, sets)
+    cfg["_config_path"] = str(Path(path).resolve())
+    return cfg
+
+
+def apply_sets(cfg: dict, sets: list[str]) -> None:
+    """``--set a.b=value`` overrides (value parsed as YAML), in place."""
     for item in sets:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
@@ -79,8 +98,6 @@ def load_config(path: str, sets: list[str], defaults: dict) -> dict:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value)
-    cfg["_config_path"] = str(Path(path).resolve())
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------- runtime

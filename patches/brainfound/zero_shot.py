@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) < 2:
-        raise SystemExit("--classes needs at least two class names")
+        raise ValueError("--classes needs at least two class names")
     model, tok = load_clip(args.model)
     model.to(args.device)
     templates = args.templates.split("|") if args.templates else None
@@ -174,4 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

@@ -65,7 +65,7 @@ def test_generate_writes_a_png_grid(bf_stage1, tmp_path):
     again = generate.main(["--model", str(bf_stage1["dir"]), "--num", "6", "--steps", "4", "--scheduler", "ddim",
                            "--out", str(tmp_path / "again.png")])
     assert again["mean"] == pytest.approx(res["mean"])  # same seed, same samples
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--modality 'PET' is not one of"):
         generate.main(["--model", str(bf_stage1["dir"]), "--modality", "PET", "--out", str(tmp_path / "x.png")])
 
 
