@@ -117,8 +117,10 @@ class Validator:
     def __init__(self, cfg: dict, vc, out: Path):
         ev = cfg["eval"]
         self.jsonl = ev.get("valid_jsonl") or ev.get("test_jsonl")
-        self.enabled = bool(ev["validation"]) and bool(cfg["clip"]["caption"])
-        if bool(ev["validation"]) and not self.jsonl:
+        self.enabled = bool(ev["validation"])
+        if self.enabled and not cfg["clip"]["caption"]:
+            raise ValueError("eval.validation generates reports: it needs clip.caption: true")
+        if self.enabled and not self.jsonl:
             raise ValueError("eval.validation is on but neither eval.valid_jsonl nor eval.test_jsonl is set")
         self.freq, self.ev, self.out, self.history = max(1, int(ev["valid_freq"])), ev, out / "valid", []
         self.ds = scan_dataset(cfg, vc, self.jsonl, train=False) if self.enabled else None

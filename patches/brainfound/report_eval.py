@@ -11,6 +11,12 @@ Metrics (``report_metrics``), on lower-cased word / punctuation tokens:
   on every machine: scores are METEOR with exact + stem matching (slightly below full METEOR when synonyms would
   have matched).
 
+    python -m patches.brainfound.report_eval --model work_dirs/brainfound/stage2 --data scans.jsonl \
+        [--beam_size 3] [--decode_max_length 40] [--out DIR]
+
+(the command line: a finished stage-2 run's reports for a scan JSONL with reference reports; default output
+``<model>/reports``).
+
 ``validate`` decodes every scan of a scan JSONL with the stage-2 model (beam search) and writes, atomically, into
 its output folder: ``reports.jsonl`` (row, reference, generated), ``metrics.json`` and, for every
 ``save_image_freq``-th scan, ``scan_<i>.png`` (a few slices, the generated and the reference report).
@@ -128,3 +134,38 @@ def validate(model, tok, dataset, out_dir: str | os.PathLike, *, beam_size: int 
     atomic_write_text("\n".join(lines) + "\n", out / "reports.jsonl")
     atomic_write_text(json.dumps(result, indent=1) + "\n", out / "metrics.json")
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    from patches.brainfound.datasets import ScanDataset
+    from patches.brainfound.zero_shot import load_clip
+
+    ap = argparse.ArgumentParser(description="Brainfound stage-2 report generation (beam search) and scores")
+    ap.add_argument("--model", required=True, help="a finished stage-2 output dir")
+    ap.add_argument("--data", required=True, help="scan JSONL with reference reports")
+    ap.add_argument("--out", default=None, help="output dir (default <model>/reports)")
+    ap.add_argument("--beam_size", type=int, default=None, help="default: the run's clip.beam_size")
+    ap.add_argument("--decode_max_length", type=int, default=None, help="default: the run's clip.decode_max_length")
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--save_image_freq", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    model, tok = load_clip(args.model)
+    model.to(args.device)
+    vc = model.vision.config
+    ds = ScanDataset(str(Path(args.data).resolve()), modalities=vc.modalities, default_modality=vc.modality,
+                     num_slices=vc.num_slices, image_size=vc.image_size, slice_select=vc.slice_select,
+                     ct_window=vc.ct_window)
+    res = validate(model, tok, ds, args.out or Path(args.model) / "reports", beam_size=args.beam_size,
+                   max_length=args.decode_max_length, batch_size=args.batch_size,
+                   save_image_freq=args.save_image_freq)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

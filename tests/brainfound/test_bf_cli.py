@@ -83,6 +83,14 @@ def test_pretrain_and_zero_shot_cls_command_lines(tmp_path, bf_demo, capsys):
     assert sorted(p.name for p in (out / "valid/epoch_001").glob("*.png")) == ["scan_0000.png", "scan_0004.png"]
     assert json.loads((out / "clip_config.json").read_text())["clip"]["tie_text_encoder_decoder"] is True
 
+    # report generation from the export (beam search), as validation does it: same reports, same scores
+    from patches.brainfound import report_eval
+
+    gen = report_eval.main(["--model", str(out), "--data", str(bf_demo["stage2_test"].parent / "valid6.jsonl"),
+                            "--out", str(tmp_path / "reports")])
+    assert gen["bleu4"] == pytest.approx(valid["bleu4"]) and gen["meteor"] == pytest.approx(valid["meteor"])
+    assert (tmp_path / "reports/reports.jsonl").read_text() == (out / "valid/epoch_001/reports.jsonl").read_text()
+
     zs = zero_shot_cls.main(_flags(tmp_path, bf_demo, "run"))
     assert zs["n"] == 24 and (out / "zero_shot/metrics.json").is_file()
     # a Brainfound-style checkpoint: {"model": state_dict, "epoch": ...} via torch.save; read with weights_only

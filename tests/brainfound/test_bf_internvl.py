@@ -142,4 +142,6 @@ def test_stage3_finetune_and_custom_eval(tmp_path, tiny_model_dir, bf_demo):
     res = json.loads(res_file.read_text())
     by_task = res["metrics"]["by_task"]
     assert by_task["brainfound_mcq"]["n"] == 4 and by_task["open_qa"]["n"] == 4
+    assert by_task["brainfound_report"]["n"] == 4  # the stage-3 report rows, scored by the plugin's task
+    assert {"bleu4_corpus", "rouge_l", "meteor"} <= set(by_task["brainfound_report"])
     assert 0 <= by_task["brainfound_mcq"]["accuracy"] <= 1
