@@ -15,8 +15,8 @@ selection and scaling), so the three stages see one preprocessing.
 ``sentence_shuffle`` (Brainfound's flag; training only) shuffles a report's sentences (split after ``.``, ``。``,
 ``!``, ``?``, ``;``, ``；``) for each sample.
 
-Randomness (CT window draw, augmentation, sentence order) comes from a generator seeded by (seed, epoch, index): a resumed run
-reproduces the data of an uninterrupted one.
+Randomness (CT window draw, augmentation, sentence order) comes from a generator seeded by (seed, epoch, index):
+a resumed run reproduces the data of an uninterrupted one.
 """
 from __future__ import annotations
 

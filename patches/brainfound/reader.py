@@ -7,9 +7,10 @@ volume per ``<meditk>``. The reference is a path (``.npz`` / ``.npy`` / NIfTI / 
 With an encoder that lists ``meditk`` in its config's ``input_kinds`` (``brainfound_unet`` does) the volume
 becomes ``num_slices`` slice items ``[3, H, W]`` in [-1, 1] (CT window ``ct_window``, default 160/40; MRI
 per-slice min-max; ``slice_select``; resized to the encoder's ``image_size``), so the placeholder expands to
-``<img>`` + one run of ``<IMG_CONTEXT>`` x tokens-per-slice for each slice + ``</img>``. With any other encoder ``meditk`` is an alias of the neuro plugin's ``volume`` kind: the
-reference is handed to its reader unchanged (its volume items, its preprocessing). The plugin decides by that
-declared capability, never by the encoder's name, and reaches the neuro plugin only through ``patches.neuro.api``.
+``<img>`` + one run of ``<IMG_CONTEXT>`` x tokens-per-slice for each slice + ``</img>``. With any other encoder
+``meditk`` is an alias of the neuro plugin's ``volume`` kind: the reference is handed to its reader unchanged (its
+volume items, its preprocessing). The plugin decides by that declared capability, never by the encoder's name,
+and reaches the neuro plugin only through ``patches.neuro.api``.
 
 Options (data options / meta-JSON, then the reference dict): ``num_slices``, ``slice_select``, ``ct_window``,
 ``modality`` (default: the encoder config's), ``npz_key``, ``array_layout`` ("DHW" default, "HWD"),

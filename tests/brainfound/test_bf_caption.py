@@ -95,7 +95,7 @@ def test_beam_search_greedy_and_likelihood(tiny_text):
     lp_greedy = sequence_log_prob(dec, scan, greedy, tok.sep_token_id)
     lp_beam = sequence_log_prob(dec, scan, beam, tok.sep_token_id)
     assert (lp_beam >= lp_greedy - 1e-4).all(), (lp_beam, lp_greedy)
-    assert (lp_beam > lp_greedy + 1e-4).any() or torch.equal(beam, greedy)  # the search did something
+    assert (lp_beam > lp_greedy + 1e-4).any()  # here the search finds strictly likelier reports than greedy
 
 
 def test_captioning_loss_falls_on_the_tiny_synthetic_scans(bf_demo, tmp_path):
@@ -107,7 +107,8 @@ def test_captioning_loss_falls_on_the_tiny_synthetic_scans(bf_demo, tmp_path):
     from patches.brainfound import pretrain_clip
 
     cfg = tiny_clip_config(tmp_path, bf_demo, None, max_steps=30, log_steps=5, save_steps=30)
-    res = pretrain_clip.main(["--config", str(cfg), "--set", "eval.classes=null", "--set", "eval.valid_freq=5",
+    res = pretrain_clip.main(["--config", str(cfg), "--set", "eval.classes=null", "--set", "eval.validation=true",
+                              "--set", "eval.valid_freq=5",
                               "--set", "eval.valid_at_start=false"])
     assert res["columns"] == ["step", "loss", "itc_acc", "lm_loss"]
     lm = [h[3] for h in res["history"]]
