@@ -20,9 +20,9 @@ and ``clip_config.json`` (what ``zero_shot`` and report generation load). With `
 ``eval.classes`` set, the run ends with a zero-shot evaluation written to ``zero_shot/``.
 
 Objectives: ITC, plus the captioning LM loss when ``clip.caption`` (``loss.csv`` columns ``loss`` = total,
-``itc_acc``, ``lm_loss``). ``data.sentence_shuffle`` shuffles report sentences. Validation (``eval.validation``,
-every ``eval.valid_freq`` epochs; ``eval.valid_at_start`` also before the first step) writes generated reports and
-BLEU-4 / ROUGE-L / METEOR to ``valid/<epoch_NNN | step_0>/`` (``report_eval.validate``). ``train.epochs``, when
+``itc_loss``, ``itc_acc``, ``lm_loss``). ``data.sentence_shuffle`` shuffles report sentences. Validation
+(``eval.validation``, every ``eval.valid_freq`` epochs; ``eval.valid_at_start`` also before the first step) writes
+generated reports and BLEU-4 / ROUGE-L / METEOR to ``valid/<epoch_NNN | step_0>/`` (``report_eval.validate``). ``train.epochs``, when
 set, replaces ``train.max_steps`` (epochs x batches per epoch). ``--resume`` is ``auto`` / ``never`` / a
 checkpoint dir (exact continuation) or a weights file (``.safetensors``, or ``.pth``/``.pt``/``.bin``/``.pkl``
 read with ``torch.load(weights_only=True)``; matching tensors initialise the model, training starts at step 0).
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None, cfg: dict | None = None, resume: str | N
         validator.run(raw, tok, "step_0", 0)
     acc.wait_for_everyone()
     bar = tqdm(total=max_steps, initial=step, disable=not acc.is_main_process, desc="stage 2")
-    keys = ("loss", "itc_acc", "lm_loss") if raw.cfg.caption else ("loss", "itc_acc")
+    keys = ("loss", "itc_loss", "itc_acc", "lm_loss") if raw.cfg.caption else ("loss", "itc_loss", "itc_acc")
     run = dict.fromkeys(keys, 0.0) | {"n": 0}
     print_freq = int(tr["log_steps"])
     model.train()

@@ -110,8 +110,8 @@ def test_captioning_loss_falls_on_the_tiny_synthetic_scans(bf_demo, tmp_path):
     res = pretrain_clip.main(["--config", str(cfg), "--set", "eval.classes=null", "--set", "eval.validation=true",
                               "--set", "eval.valid_freq=5",
                               "--set", "eval.valid_at_start=false"])
-    assert res["columns"] == ["step", "loss", "itc_acc", "lm_loss"]
-    lm = [h[3] for h in res["history"]]
+    assert res["columns"] == ["step", "loss", "itc_loss", "itc_acc", "lm_loss"]
+    lm = [h[4] for h in res["history"]]
     assert lm[-1] < 0.85 * lm[0], lm
     valid = json.loads((tmp_path / "out/valid/epoch_005/metrics.json").read_text())
     assert valid["n"] == 24 and 0 <= valid["bleu4"] <= 1 and 0 <= valid["meteor"] <= 1
