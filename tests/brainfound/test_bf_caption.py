@@ -100,7 +100,8 @@ def test_beam_search_greedy_and_likelihood(tiny_text):
 
 def test_captioning_loss_falls_on_the_tiny_synthetic_scans(bf_demo, tmp_path):
     """Stage 2 (random tiny UNet, captioning on): the LM loss over the last logging window is clearly below the
-    first one after 24 steps (measured 4.27 -> 3.71) and falls window by window; validation files are written and scored."""
+    first one after 24 steps (measured 4.27 -> 3.71) and falls window by window; validation files are written and
+    scored."""
     import json
 
     from bf_helpers import tiny_clip_config
