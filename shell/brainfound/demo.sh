@@ -27,6 +27,7 @@ now() { date +%s; }
 "$PYTHON" -m patches.brainfound.demo
 
 t0=$(now)
+# `accelerate launch` (the module form: no dependence on the venv's bin/ being on PATH)
 ACCELERATE="$PYTHON -m accelerate.commands.launch --num_processes=1 --config_file shell/brainfound/single.yaml"
 if [ -f $W/stage1/unet/config.json ]; then echo "stage 1: using $W/stage1"; else
     $ACCELERATE -m patches.brainfound.pretrain_ddpm --config patches/brainfound/configs/tiny_ddpm.yaml; fi
@@ -41,10 +42,12 @@ if [ -f $W/stage2/vision_encoder/config.json ]; then echo "stage 2: using $W/sta
 "$PYTHON" -m patches.brainfound.zero_shot_cls $FLAGS
 "$PYTHON" - "$W/stage2/valid" <<'PY'
 import json, pathlib, sys
-runs = sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json"), key=lambda p: (p.parent.name != "step_0", p.parent.name))
+runs = sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json"),
+              key=lambda p: (p.parent.name != "step_0", p.parent.name))  # before stage 2 first, then by epoch
 for p in runs:
     m = json.loads(p.read_text())
-    print(f"stage-2 reports {p.parent.name:>10}: BLEU-4 {m['bleu4']:.4f}  ROUGE-L {m['rouge_l']:.4f}  METEOR {m['meteor']:.4f}")
+    print(f"stage-2 reports {p.parent.name:>10}: BLEU-4 {m['bleu4']:.4f}  ROUGE-L {m['rouge_l']:.4f}  "
+          f"METEOR {m['meteor']:.4f}")
 PY
 t2=$(now)
 if [ -f $W/stage3/model.safetensors ]; then echo "stage 3: using $W/stage3"; else
@@ -54,4 +57,5 @@ if [ -f $W/stage3/model.safetensors ]; then echo "stage 3: using $W/stage3"; els
     --no-resume
 t3=$(now)
 echo "brainfound demo: stage 1 + generation $((t1 - t0)) s, stage 2 + zero-shot $((t2 - t1)) s," \
-    "stage 3 + eval $((t3 - t2)) s; results in $W/{stage1/loss.png,stage1/samples_CT.png,stage2/valid,stage2/zero_shot,results.json}"
+    "stage 3 + eval $((t3 - t2)) s; results in" \
+    "$W/{stage1/loss.png,stage1/samples_CT.png,stage2/valid,stage2/zero_shot,results.json}"
