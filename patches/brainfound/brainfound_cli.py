@@ -116,7 +116,10 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
 
     try:
         main(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, MediaError, KeyError) as exc:
-        msg = str(exc).strip().strip("'\"") or type(exc).__name__
+    except (ValueError, OSError, MediaError, KeyError) as exc:
+        if isinstance(exc, OSError) and exc.filename:
+            msg = f"{exc.filename}: {exc.strerror}"
+        else:
+            msg = (exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)).strip() or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

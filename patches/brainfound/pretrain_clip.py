@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None, cfg: dict | None = None, resume: str | N
     tr, data = cfg["train"], cfg["data"]
     if not data.get("train_jsonl"):
         raise ValueError("data.train_jsonl is required")
+    if not Path(data["train_jsonl"]).is_file():
+        raise FileNotFoundError(2, "data.train_jsonl not found (set it in the config or with --set)",
+                                data["train_jsonl"])
     out = Path(out_override or tr["output_dir"]).resolve()
     acc = make_accelerator(tr["mixed_precision"])
     setup_logging(acc.is_main_process)

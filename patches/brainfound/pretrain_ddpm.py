@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir or tr["output_dir"]).resolve()
     if not data.get("manifest"):
         raise ValueError("data.manifest is required (a JSONL of volumes: {\"path\": ..., \"modality\": ...})")
+    if not os.path.isfile(data["manifest"]):
+        raise FileNotFoundError(2, "data.manifest not found (set it in the config or with --set data.manifest=...)",
+                                data["manifest"])
     acc = make_accelerator(tr["mixed_precision"])
     setup_logging(acc.is_main_process)
     out.mkdir(parents=True, exist_ok=True)
