@@ -1,4 +1,4 @@
-"""Brainfound stage-2 model: scan-report contrastive learning on the UNet's deep features, MoCo-style.
+"""Brainfound stage-2 model: scan-report contrastive learning (MoCo-style) plus report captioning.
 
 Vision: each slice goes through the ``brainfound_unet`` down path at t = 0 and the first conv of its feature head
 (conv3x3 512->768, ReLU, global average): a 768-d slice embedding (Brainfound's stage-2 slice embedding; sharing the
@@ -12,7 +12,13 @@ encoders' keys of the whole (all-rank) batch plus a queue of earlier keys, over 
 momentum encoders (vision, fusion, projections, text) follow the online ones with momentum 0.996 and are never
 trained by gradient; after each step the batch's keys replace the oldest queue entries.
 
-Not reproduced from Brainfound's stage 2: its captioning decoder (LM loss) and image-image slice/scan contrast.
+Captioning (``caption: true``, the default): the fusion transformer's output tokens ([CLS] + one per slice) are
+projected to the text width (``scan_proj``) and a BERT decoder (``patches.brainfound.caption``) cross-attends to
+them while writing the report; its LM loss is added to the ITC loss with weight ``lm_weight``. Word embeddings are
+the text encoder's; ``tie_text_encoder_decoder`` shares every other matching weight too. ``generate_reports``
+decodes with beam search (``beam_size``, ``decode_max_length``, no immediate token repeats).
+
+Not reproduced from Brainfound's stage 2: its image-image slice/scan contrast.
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ class ClipConfig:
     queue_size: int = 4096
     temperature: float = 0.07
     text_max_length: int = 128
+    caption: bool = True
+    lm_weight: float = 1.0
+    decoder_layers: int | None = None  # None: as many as the text encoder (required when tied)
+    tie_text_encoder_decoder: bool = False
+    beam_size: int = 3
+    decode_max_length: int = 40
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +76,15 @@ class SliceFusion(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S, W]`` -> ``[B, S + 1, W]``: the [CLS] (scan) token, then one token per slice."""
         if x.shape[1] + 1 > self.pos.shape[1]:
             raise ValueError(f"{x.shape[1]} slices exceed max_slices={self.pos.shape[1] - 1}")
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos[:, :x.shape[1] + 1]
-        return self.norm(self.encoder(x)[:, 0])
+        return self.norm(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
 
 
 class BrainfoundCLIP(nn.Module):
@@ -84,6 +100,12 @@ class BrainfoundCLIP(nn.Module):
         self.text = text_model
         self.text_proj = _mlp(t_width, cfg.embed_dim, batch_norm=True)
         self.temp = nn.Parameter(torch.tensor(float(cfg.temperature)))
+        if cfg.caption:
+            from patches.brainfound.caption import build_decoder, tie_decoder
+
+            self.scan_proj = nn.Linear(width, t_width)
+            self.decoder = build_decoder(text_model, cfg.decoder_layers)
+            tie_decoder(self.decoder, text_model, full=cfg.tie_text_encoder_decoder)
         self.pairs = ["vision", "fusion", "vision_proj", "text", "text_proj"]
         if not with_momentum:  # inference (zero-shot): online encoders only
             return
@@ -97,12 +119,17 @@ class BrainfoundCLIP(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ encoders
-    def _image(self, vision, fusion, proj, pixel_values: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _fused(vision, fusion, pixel_values: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """Scans ``[B, S, 3, H, W]`` -> fusion tokens ``[B, S + 1, W]`` ([CLS] first)."""
         b, s = pixel_values.shape[:2]
         slices = pixel_values.flatten(0, 1)
         mods = modality.to(slices.device).repeat_interleave(s)
         emb = vision.slice_embedding(slices, mods).reshape(b, s, -1)
-        return F.normalize(proj(fusion(emb.float())), dim=-1)
+        return fusion.tokens(emb.float())
+
+    def _image(self, vision, fusion, proj, pixel_values: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return F.normalize(proj(self._fused(vision, fusion, pixel_values, modality)[:, 0]), dim=-1)
 
     def _text(self, text, proj, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -114,6 +141,24 @@ class BrainfoundCLIP(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._text(self.text, self.text_proj, input_ids, attention_mask)
+
+    def scan_tokens(self, pixel_values: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """What the captioning decoder cross-attends to: projected fusion tokens ``[B, S + 1, text width]``."""
+        return self.scan_proj(self._fused(self.vision, self.fusion, pixel_values, modality))
+
+    @torch.no_grad()
+    def generate_reports(self, pixel_values: torch.Tensor, modality: torch.Tensor, tok,
+                         beam_size: int | None = None, max_length: int | None = None) -> list[str]:
+        """Reports for scans ``[B, S, 3, H, W]`` (beam search; the config's settings unless given)."""
+        from patches.brainfound.caption import decode_text, generate_reports
+
+        if not self.cfg.caption:
+            raise ValueError("this stage-2 model has no captioning decoder (clip.caption: false)")
+        ids = generate_reports(self.decoder, self.scan_tokens(pixel_values, modality), bos_id=tok.cls_token_id,
+                               eos_id=tok.sep_token_id, pad_id=tok.pad_token_id,
+                               beam_size=int(beam_size or self.cfg.beam_size),
+                               max_length=int(max_length or self.cfg.decode_max_length))
+        return decode_text(tok, ids)
 
     # ------------------------------------------------------------------ MoCo machinery
     @torch.no_grad()
@@ -137,7 +182,8 @@ class BrainfoundCLIP(nn.Module):
                 rank: int = 0) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
-        img_q = self.encode_image(pixel_values, modality)
+        fused = self._fused(self.vision, self.fusion, pixel_values, modality)
+        img_q = F.normalize(self.vision_proj(fused[:, 0]), dim=-1)
         txt_q = self.encode_text(input_ids, attention_mask)
         with torch.no_grad():
             self.momentum_update()
@@ -149,18 +195,29 @@ class BrainfoundCLIP(nn.Module):
         sim_i2t = img_q @ txt_bank.t() / self.temp
         sim_t2i = txt_q @ img_bank.t() / self.temp
         target = torch.arange(img_q.shape[0], device=img_q.device) + rank * img_q.shape[0]
-        loss = (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_t2i, target)) / 2
+        itc = (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_t2i, target)) / 2
         self.enqueue(img_all, txt_all)
         with torch.no_grad():
             acc = (sim_i2t.argmax(1) == target).float().mean()
-        return {"loss": loss, "itc_acc": acc, "temp": self.temp.detach()}
+        out = {"loss": itc, "itc_loss": itc.detach(), "itc_acc": acc, "temp": self.temp.detach()}
+        if self.cfg.caption:
+            from patches.brainfound.caption import caption_labels
+
+            lm = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                              encoder_hidden_states=self.scan_proj(fused),
+                              labels=caption_labels(input_ids, attention_mask)).loss
+            out.update(loss=itc + self.cfg.lm_weight * lm, lm_loss=lm.detach())
+        return out
 
     # ------------------------------------------------------------------ export
-    HEADS = ("fusion", "vision_proj", "text_proj")
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return ("fusion", "vision_proj", "text_proj") + (("scan_proj", "decoder") if self.cfg.caption else ())
 
     def head_state(self) -> dict[str, torch.Tensor]:
-        """What zero-shot needs besides the encoders: fusion, projections, temperature (online side)."""
-        out = {f"{h}.{k}": v for h in self.HEADS for k, v in getattr(self, h).state_dict().items()}
+        """What zero-shot and report generation need besides the encoders: fusion, projections, the captioning
+        decoder (tied tensors included as copies), temperature (online side)."""
+        out = {f"{h}.{k}": v.detach().clone() for h in self.heads for k, v in getattr(self, h).state_dict().items()}
         out["temp"] = self.temp.detach()
         return out
 
@@ -169,7 +226,7 @@ class BrainfoundCLIP(nn.Module):
         if set(state) != expected:
             raise ValueError(f"{where}: head weights do not match the config: missing "
                              f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
-        for h in self.HEADS:
+        for h in self.heads:
             getattr(self, h).load_state_dict({k[len(h) + 1:]: v for k, v in state.items() if k.startswith(h + ".")})
         with torch.no_grad():
             self.temp.copy_(state["temp"])

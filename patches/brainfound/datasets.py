@@ -12,8 +12,11 @@ Scan JSONL (stage 2 and zero-shot): ``{"volume": "scan.npz", "report": "...", "l
 A scan becomes ``[num_slices, 3, H, W]`` exactly as the ``meditk`` reader builds it for stage 3 (same window, slice
 selection and scaling), so the three stages see one preprocessing.
 
-Randomness (CT window draw, augmentation) comes from a generator seeded by (seed, epoch, index): a resumed run
-reproduces the data of an uninterrupted one.
+``sentence_shuffle`` (Brainfound's flag; training only) shuffles a report's sentences (split after ``.``, ``。``,
+``!``, ``?``, ``;``, ``；``) for each sample.
+
+Randomness (CT window draw, augmentation, sentence order) comes from a generator seeded by (seed, epoch, index):
+a resumed run reproduces the data of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -110,9 +114,10 @@ class SliceDataset(Dataset):
                     raise MediaError(f"{exc} (bad volume {bad} > max_bad_files={max_bad})") from exc
                 logger.warning("skipping unreadable volume (%d/%d allowed): %s", bad, max_bad, exc)
                 depths.append(0)
-        from patches.brainfound.weights import atomic_write_text
+        from internvl.fileio import atomic_write_text
 
-        atomic_write_text(cache, json.dumps({"files": keyed, "depths": depths, "skipped": bad}))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps({"files": keyed, "depths": depths, "skipped": bad}), cache)
         return depths
 
     def set_epoch(self, epoch: int) -> None:
@@ -153,12 +158,13 @@ class ScanDataset(Dataset):
     def __init__(self, jsonl: str, *, modalities: list[str], default_modality: str, num_slices: int,
                  image_size: int, slice_select: str = "uniform", ct_window=(160, 40),
                  augment: SliceAugment | None = None, seed: int = 0, classes: list[str] | None = None,
-                 need_text: bool = True, npz_key: str | None = None, array_layout: str = "DHW"):
+                 need_text: bool = True, npz_key: str | None = None, array_layout: str = "DHW",
+                 sentence_shuffle: bool = False):
         root = Path(jsonl).resolve().parent
         self.modalities, self.classes = list(modalities), classes
         self.num_slices, self.image_size, self.slice_select = int(num_slices), int(image_size), slice_select
         self.ct_window, self.augment, self.seed, self.epoch = tuple(ct_window), augment, int(seed), 0
-        self.npz_key, self.layout = npz_key, array_layout
+        self.npz_key, self.layout, self.sentence_shuffle = npz_key, array_layout, bool(sentence_shuffle)
         self.rows: list[dict[str, Any]] = []
         for lineno, row in read_jsonl(jsonl):
             where = f"{jsonl}:{lineno}"
@@ -193,16 +199,31 @@ class ScanDataset(Dataset):
         vol = read_raw_volume(row["path"], npz_key=self.npz_key, array_layout=self.layout)
         unit = volume_to_unit_slices(vol.array, self.modalities[row["modality"]], self.num_slices,
                                      slice_select=self.slice_select, window=self.ct_window)
+        g = sample_generator(self.seed, self.epoch, i)
         if self.augment:
-            unit = self.augment(unit, sample_generator(self.seed, self.epoch, i))
+            unit = self.augment(unit, g)
         else:
             unit = resize_slices(unit, self.image_size)
-        return {"pixel_values": to_model_input(unit), "text": row["text"], "label": row["label"],
-                "modality": row["modality"]}
+        text = shuffle_sentences(row["text"], g) if self.sentence_shuffle else row["text"]
+        return {"pixel_values": to_model_input(unit), "text": text, "label": row["label"],
+                "modality": row["modality"], "reference": row["text"]}
+
+
+_SENTENCE_END = re.compile(r"(?<=[.。!?;；])\s+")
+
+
+def shuffle_sentences(text: str, g: torch.Generator) -> str:
+    """The report's sentences in a random order drawn from ``g`` (one sentence: unchanged)."""
+    parts = [p for p in _SENTENCE_END.split(text.strip()) if p]
+    if len(parts) < 2:
+        return text
+    order = torch.randperm(len(parts), generator=g).tolist()
+    return " ".join(parts[k] for k in order)
 
 
 def collate_scans(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {"pixel_values": torch.stack([b["pixel_values"] for b in batch]),
             "text": [b["text"] for b in batch],
+            "reference": [b["reference"] for b in batch],
             "label": torch.tensor([b["label"] for b in batch]),
             "modality": torch.tensor([b["modality"] for b in batch])}

@@ -3,11 +3,16 @@
 Writes, under ``out_dir`` (default ``data/demo_brainfound``):
 
 * ``stage1/``: ``vols/*.npy`` CT (HU) and T1/T2 volumes + ``manifest.jsonl`` for ``pretrain_ddpm``;
-* ``stage2/``: ``scans/*.npz`` CT scans of two classes (normal / hemorrhage) with short reports,
-  ``train.jsonl`` and a held-out ``test.jsonl`` (with ``label``) for ``pretrain_clip`` and ``zero_shot``;
+* ``stage2/``: ``scans/*.npz`` CT scans of two classes (normal / hemorrhage) with templated reports (findings
+  phrases of the scan's class in random order + ``impression : <class> .``; ``synthetic.synthetic_report``),
+  ``train.jsonl`` and a held-out ``test.jsonl`` (with ``label``) for stage 2 (contrast + captioning), its
+  report validation, and zero-shot classification;
 * ``stage3/``: Brainfound-format ``mcq.jsonl`` / ``qa.jsonl`` (key ``meditk``, placeholder ``<meditk>``, .npz
   volumes, inline ``A: ... B: ...`` options), their test splits, and ``train_meta.json`` / ``test_meta.json``
-  (test tasks: ``brainfound_mcq`` and ``open_qa``). The answers depend only on the voxels (normal vs hemorrhage).
+  (test tasks: ``brainfound_mcq`` and ``open_qa``), and report rows ``report.jsonl`` / ``test_report.jsonl``
+  (write the report of the scan -> a templated report; test task ``brainfound_report``) for the same scans. The
+  answers depend only on the voxels (normal vs hemorrhage). Report texts come from their own generator
+  (``seed + 1``), so adding them left the other rows as they were.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives the same files.
 ``shell/brainfound/demo.sh`` builds this and runs the three tiny stages.
@@ -22,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from patches.brainfound.synthetic import synthetic_head, synthetic_report
-from patches.brainfound.weights import atomic_write_text
+from internvl.fileio import atomic_write_text
 
 DEFAULT_OUT = "data/demo_brainfound"
-GENERATOR_VERSION = 3  # bump when the generated content changes
+GENERATOR_VERSION = 4  # bump when the generated content changes
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -41,7 +46,7 @@ def _save_npz(path: Path, arr: np.ndarray) -> None:
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), path)
 
 
 def build_stage1(out: Path, rng: np.random.Generator, n_ct: int = 16, n_mri: int = 8, depth: int = 8,
@@ -104,11 +109,20 @@ def _qa_row(i: int, ref: str, label: str, test: bool) -> dict:
     return {"id": i, "meditk": ref, "conversations": turns[:2] if test else turns}
 
 
+REPORT_PROMPT = "Write the radiology report of this scan."
+
+
+def _report_row(i: int, ref: str, report: str) -> dict:
+    return {"id": i, "meditk": ref, "conversations": [{"from": "human", "value": f"<meditk>\n{REPORT_PROMPT}"},
+                                                      {"from": "gpt", "value": report}]}
+
+
 def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 96, n_test: int = 24, depth: int = 8,
-                 size: int = 48) -> dict[str, Path]:
+                 size: int = 48, report_rng: np.random.Generator | None = None) -> dict[str, Path]:
     """Brainfound-format instruction data (.npz volumes, ``meditk`` key, ``<meditk>`` placeholder) + meta JSONs."""
     (out / "post_data_npz").mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list] = {"mcq": [], "qa": [], "test_mcq": [], "test_qa": []}
+    report_rng = report_rng or np.random.default_rng(1)
+    rows: dict[str, list] = {"mcq": [], "qa": [], "report": [], "test_mcq": [], "test_qa": [], "test_report": []}
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
             label = ("normal", "hemorrhage")[int(rng.integers(2))]
@@ -117,6 +131,7 @@ def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 96, n_test:
             pre = "" if split == "train" else "test_"
             rows[pre + "mcq"].append(_mcq_row(rng, i, ref, label, None))
             rows[pre + "qa"].append(_qa_row(i, ref, label, split == "test"))
+            rows[pre + "report"].append(_report_row(i, ref, synthetic_report(report_rng, label)))
     for name, r in rows.items():
         _jsonl(out / f"{name}.jsonl", r)
 
@@ -125,11 +140,13 @@ def build_stage3(out: Path, rng: np.random.Generator, n_train: int = 96, n_test:
              "length": len(rows[name])}
         return {**e, "task": task} if task else e
 
-    metas = {"train_meta.json": {"brainfound_mcq": entry("mcq"), "brainfound_qa": entry("qa")},
+    metas = {"train_meta.json": {"brainfound_mcq": entry("mcq"), "brainfound_qa": entry("qa"),
+                                 "brainfound_report": entry("report")},
              "test_meta.json": {"brainfound_mcq": entry("test_mcq", "brainfound_mcq"),
-                                "brainfound_qa": entry("test_qa", "open_qa")}}
+                                "brainfound_qa": entry("test_qa", "open_qa"),
+                                "brainfound_report": entry("test_report", "brainfound_report")}}
     for name, meta in metas.items():
-        atomic_write_text(out / name, json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(json.dumps(meta, indent=1) + "\n", out / name)
     return {"stage3_train_meta": out / "train_meta.json", "stage3_test_meta": out / "test_meta.json"}
 
 
@@ -152,11 +169,11 @@ def build(out_dir: str | os.PathLike = DEFAULT_OUT, seed: int = 0, force: bool =
         rng = np.random.default_rng(seed)
         build_stage1(tmp / "stage1", rng)
         build_stage2(tmp / "stage2", rng)
-        build_stage3(tmp / "stage3", rng)
+        build_stage3(tmp / "stage3", rng, report_rng=np.random.default_rng(seed + 1))
         for meta in ("train_meta.json", "test_meta.json"):  # roots as the caller named the folder, not the tmp one
             text = (tmp / "stage3" / meta).read_text().replace(str(tmp), str(out))
-            atomic_write_text(tmp / "stage3" / meta, text)
-        atomic_write_text(tmp / "build_info.json", json.dumps(info) + "\n")
+            atomic_write_text(text, tmp / "stage3" / meta)
+        atomic_write_text(json.dumps(info) + "\n", tmp / "build_info.json")
     return {k: str(v) for k, v in paths.items()}
 
 

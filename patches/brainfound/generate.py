@@ -2,6 +2,7 @@
 
     python -m patches.brainfound.generate --model work_dirs/brainfound/stage1 --modality CT --num 16 \\
         --scheduler ddim --steps 50 --out samples.png
+    accelerate launch --num_processes=1 --config_file shell/brainfound/single.yaml -m patches.brainfound.generate
 
 ``--model`` is a stage-1 output dir (``unet/`` + ``scheduler/``) or its ``unet/`` dir. The condition is the stored
 modality embedding for ``--modality``. ``--scheduler`` picks a diffusers scheduler built from the training noise
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from patches.brainfound.train_utils import add_launcher_args
 from patches.brainfound.weights import MODALITY_FILE
 
 SCHEDULERS = ("ddpm", "ddim", "dpm")
@@ -104,7 +106,8 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, cols: int = 4, titl
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Sample slices from a Brainfound stage-1 UNet into a PNG grid")
-    p.add_argument("--model", required=True, help="stage-1 output dir (or its unet/ dir)")
+    p.add_argument("--model", default="work_dirs/brainfound/stage1",
+                   help="stage-1 output dir (or its unet/ dir); default: the output of configs/ddpm.yaml")
     p.add_argument("--modality", default="CT")
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--cols", type=int, default=4)
@@ -115,14 +118,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="PNG path (default <model>/samples_<modality>.png)")
     p.add_argument("--save_npy", action="store_true", help="also write the raw samples next to the PNG")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_launcher_args(p)
     args = p.parse_args(argv)
 
     unet, names, cond, sched_cfg = load_stage1(args.model, args.device)
     if args.modality not in names:
-        raise SystemExit(f"--modality {args.modality!r} is not one of {names}")
+        raise ValueError(f"--modality {args.modality!r} is not one of {names}")
     scheduler = make_scheduler(args.scheduler, sched_cfg)
     if args.steps > scheduler.config.num_train_timesteps:
-        raise SystemExit(f"--steps {args.steps} exceeds the {scheduler.config.num_train_timesteps} training steps")
+        raise ValueError(f"--steps {args.steps} exceeds the {scheduler.config.num_train_timesteps} training steps")
     imgs = sample(unet, cond[names.index(args.modality)], scheduler, args.num, args.steps, args.seed,
                   args.batch_size)
     out = Path(args.out or Path(args.model) / f"samples_{args.modality}.png")
@@ -139,4 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

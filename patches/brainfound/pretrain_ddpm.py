@@ -1,7 +1,11 @@
 """Brainfound stage 1: DDPM pretraining of the conditional UNet on 2D brain CT/MRI slices.
 
+    accelerate launch --num_processes=1 --config_file shell/brainfound/single.yaml -m patches.brainfound.pretrain_ddpm
     accelerate launch -m patches.brainfound.pretrain_ddpm --config patches/brainfound/configs/ddpm.yaml
     python -m patches.brainfound.pretrain_ddpm --config patches/brainfound/configs/tiny_ddpm.yaml   # CPU
+
+Without ``--config`` the full-size ``configs/ddpm.yaml`` is used (Brainfound's ``pretrain_ddpm.py`` takes no flags);
+``--local_rank`` from the deprecated ``torch.distributed.launch`` is accepted.
 
 The UNet is diffusers' ``UNet2DConditionModel`` in the ``brainfound_unet`` configuration (``model.preset`` +
 ``model.overrides``). Each slice (CT: one of Brainfound's four windows drawn per sample; MRI: per-slice min-max;
@@ -10,7 +14,7 @@ noise (MSE). The cross-attention condition is the modality prompt's embedding ("
 [CLS] state of the configured text encoder (``condition.text_model``: a local BERT-like model or "tiny"),
 computed once and kept fixed, as Brainfound does with Chinese-BERT.
 
-Outputs in ``train.output_dir``: ``checkpoints/`` (resumable, see ``train_utils``), ``loss.csv`` / ``loss.png``,
+Outputs in ``train.output_dir``: ``checkpoint-N/`` (resumable, see ``train_utils``), ``loss.csv`` / ``loss.png``,
 and at the end ``unet/`` (diffusers ``save_pretrained`` + ``modality_embedding.safetensors``) and
 ``scheduler/`` -- what ``generate`` samples from and what stage 2 initialises ``brainfound_unet`` from.
 """
@@ -29,9 +33,11 @@ from tqdm.auto import tqdm
 
 from patches.brainfound.encoder import PRESETS, BrainfoundUNetConfig
 from patches.brainfound.preprocess import CT_WINDOWS_STAGE1, SliceAugment, sample_generator
-from patches.brainfound.train_utils import (EpochSampler, find_resume, load_checkpoint, load_config, make_accelerator,
-                                            save_checkpoint, setup_logging, stage_parser, write_loss_log)
-from patches.brainfound.weights import MODALITY_FILE, atomic_dir, atomic_save_safetensors
+from patches.brainfound.train_utils import (CONFIG_DIR, EpochSampler, find_resume, load_checkpoint, load_config,
+                                            make_accelerator, save_checkpoint, setup_logging, stage_parser,
+                                            write_loss_log)
+from internvl.fileio import atomic_directory
+from patches.brainfound.weights import MODALITY_FILE, atomic_save_safetensors
 
 logger = logging.getLogger("brainfound.ddpm")
 
@@ -74,12 +80,12 @@ def modality_embeddings(enc_cfg: BrainfoundUNetConfig, spec: str, run_dir: str) 
 
 def export(unet, cond: torch.Tensor, enc_cfg: BrainfoundUNetConfig, noise_sched, out_dir: Path) -> None:
     """``unet/`` (diffusers layout + modality embedding) and ``scheduler/``, each written atomically."""
-    with atomic_dir(out_dir / "unet") as tmp:
+    with atomic_directory(out_dir / "unet") as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
         atomic_save_safetensors({"modality_embedding": cond}, tmp / MODALITY_FILE,
                                 metadata={"modalities": json.dumps(enc_cfg.modalities),
                                           "prompts": json.dumps(enc_cfg.modality_prompts)})
-    with atomic_dir(out_dir / "scheduler") as tmp:
+    with atomic_directory(out_dir / "scheduler") as tmp:
         noise_sched.save_pretrained(tmp)
 
 
@@ -87,12 +93,15 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
 
-    args = stage_parser("Brainfound stage 1: DDPM pretraining").parse_args(argv)
+    args = stage_parser("Brainfound stage 1: DDPM pretraining", str(CONFIG_DIR / "ddpm.yaml")).parse_args(argv)
     cfg = load_config(args.config, args.set, DEFAULTS)
     tr, data = cfg["train"], cfg["data"]
     out = Path(args.output_dir or tr["output_dir"]).resolve()
     if not data.get("manifest"):
         raise ValueError("data.manifest is required (a JSONL of volumes: {\"path\": ..., \"modality\": ...})")
+    if not os.path.isfile(data["manifest"]):
+        raise FileNotFoundError(2, "data.manifest not found (set it in the config or with --set data.manifest=...)",
+                                data["manifest"])
     acc = make_accelerator(tr["mixed_precision"])
     setup_logging(acc.is_main_process)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     arch = {"unet": enc_cfg.unet_kwargs(), "modalities": enc_cfg.modalities, "prompts": enc_cfg.modality_prompts}
 
     step, history = 0, []
-    resume = find_resume(args.resume, str(out))
+    resume = find_resume(args.resume, str(out), acc.is_main_process)
     if resume is not None:
         tensors, state = load_checkpoint(resume, opt, lr_sched, acc.process_index, arch)
         unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
@@ -188,4 +197,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

@@ -4,11 +4,13 @@ A row ``{"meditk": "scan.npz", "conversations": [{"from": "human", "value": "<me
 volume per ``<meditk>``. The reference is a path (``.npz`` / ``.npy`` / NIfTI / DICOM folder) or a dict
 ``{"path": ..., "modality": "CT", "num_slices": 32, ...}`` overriding the options below for that scan.
 
-With the ``brainfound_unet`` encoder the volume becomes ``num_slices`` slice items ``[3, H, W]`` in [-1, 1]
-(CT window ``ct_window``, default 160/40; MRI per-slice min-max; ``slice_select``; resized to the encoder's
-``image_size``), so the placeholder expands to ``<img>`` + one run of ``<IMG_CONTEXT>`` x tokens-per-slice for
-each slice + ``</img>``. With any other encoder ``meditk`` is an alias of the neuro plugin's ``volume`` kind: the
-reference is handed to its reader unchanged (its volume items, its preprocessing).
+With an encoder that lists ``meditk`` in its config's ``input_kinds`` (``brainfound_unet`` does) the volume
+becomes ``num_slices`` slice items ``[3, H, W]`` in [-1, 1] (CT window ``ct_window``, default 160/40; MRI
+per-slice min-max; ``slice_select``; resized to the encoder's ``image_size``), so the placeholder expands to
+``<img>`` + one run of ``<IMG_CONTEXT>`` x tokens-per-slice for each slice + ``</img>``. With any other encoder
+``meditk`` is an alias of the neuro plugin's ``volume`` kind: the reference is handed to its reader unchanged (its
+volume items, its preprocessing). The plugin decides by that declared capability, never by the encoder's name,
+and reaches the neuro plugin only through ``patches.neuro.api``.
 
 Options (data options / meta-JSON, then the reference dict): ``num_slices``, ``slice_select``, ``ct_window``,
 ``modality`` (default: the encoder config's), ``npz_key``, ``array_layout`` ("DHW" default, "HWD"),
@@ -28,9 +30,10 @@ from patches.brainfound.volumes import read_raw_volume
 _OPTION_KEYS = ("num_slices", "slice_select", "ct_window", "modality", "npz_key", "array_layout", "augment")
 
 
-def _is_brainfound(vision_config) -> bool:
-    return getattr(vision_config, "encoder_name", None) == "brainfound_unet" or \
-        getattr(vision_config, "model_type", None) == "brainfound_unet"
+def _reads_slices(vision_config) -> bool:
+    """Whether the encoder declares ``meditk`` among its ``input_kinds`` (then it takes 2D slice items, as
+    ``brainfound_unet`` does); otherwise ``meditk`` references go to the neuro ``volume`` reader."""
+    return "meditk" in tuple(getattr(vision_config, "input_kinds", None) or ())
 
 
 @register_media_reader("meditk")
@@ -44,10 +47,10 @@ class MeditkReader(MediaReader):
     def __init__(self, config, options: dict[str, Any] | None = None):
         super().__init__(config, options)
         vc = config.vision_config
-        self.slices = _is_brainfound(vc)
+        self.slices = _reads_slices(vc)
         self._volume_reader = None
         if not self.slices:
-            from patches.neuro.readers import VolumeReader
+            from patches.neuro.api import VolumeReader
 
             self._volume_reader = VolumeReader(config, options)
             return

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
-from patches.brainfound.weights import atomic_dir
+from internvl.fileio import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def build_tiny_text_model(corpus: Iterable[str], out_dir: str | os.PathLike, *, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BertModel(cfg, add_pooling_layer=False)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         fast.save_pretrained(tmp)
     return Path(out_dir)

@@ -1,6 +1,6 @@
 """Volumes for Brainfound: a raw ``[D, H, W]`` array (axial slices first) plus its modality.
 
-NIfTI files and DICOM series are read by the neuro plugin (``patches.neuro.volume_io.read_volume``: validation,
+NIfTI files and DICOM series are read by the neuro plugin's public API (``patches.neuro.api.read_volume``: validation,
 rescale, typed errors naming the file) and reoriented by its ``VolumePreprocessor.reorient`` (RAS, then
 ``(D, H, W) = (z, y, x)``), with no resampling and no intensity change: Brainfound windows the HU values itself.
 
@@ -93,8 +93,7 @@ def read_raw_volume(path: str, *, modality: str | None = None, npz_key: str | No
     if path.lower().endswith(ARRAY_SUFFIXES):
         arr = read_array_volume(path, npz_key=npz_key, array_layout=array_layout, mmap=mmap)
         return RawVolume(arr, modality or (guess_modality(path) if guess else None), path)
-    from patches.neuro.preprocess import PreprocessConfig, VolumePreprocessor
-    from patches.neuro.volume_io import read_volume
+    from patches.neuro.api import PreprocessConfig, VolumePreprocessor, read_volume
 
     vol = read_volume(path, ndim=3, series_uid=series_uid)
     file_mod = {"CT": "CT", "MR": "MRI"}.get(vol.meta.get("modality") or "")

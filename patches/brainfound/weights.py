@@ -1,4 +1,4 @@
-"""Weight sources for ``brainfound_unet`` and atomic file helpers shared by the Brainfound stages.
+"""Weight sources for ``brainfound_unet`` and the atomic safetensors writer of the Brainfound stages.
 
 ``resolve_source(path)`` recognises:
 
@@ -21,12 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -163,17 +160,8 @@ def load_into(model: torch.nn.Module, src: WeightSource) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
+# (text files and folders: the core's ``internvl.fileio``; one safetensors file: here, as the core keeps its own
+# writer private)
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
@@ -181,23 +169,3 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling dir; on success it replaces ``final`` (an existing one is swapped out)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from patches.brainfound.clip_model import BrainfoundCLIP, ClipConfig
 from patches.brainfound.datasets import ScanDataset, collate_scans
-from patches.brainfound.weights import atomic_write_text
+from internvl.fileio import atomic_write_text
 
 DEFAULT_TEMPLATES = ["{}", "this is a {} scan .", "a brain ct showing {} .", "findings consistent with {} ."]
 
@@ -140,10 +140,10 @@ def evaluate(model: BrainfoundCLIP, tok, data: str, classes: list[str], template
     w.writerow(["row", "label", "pred", *classes])
     for i, (row, lab) in enumerate(zip(p, y)):
         w.writerow([ds.rows[i]["where"], classes[lab], classes[int(row.argmax())], *[f"{v:.6f}" for v in row]])
-    atomic_write_text(out / "predictions.csv", buf.getvalue())
+    atomic_write_text(buf.getvalue(), out / "predictions.csv")
     _roc_plot(p, y, classes, out / "roc.png")
     result["plots"] = [str(out / "roc.png")]
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1))
+    atomic_write_text(json.dumps(result, indent=1), out / "metrics.json")
     return result
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) < 2:
-        raise SystemExit("--classes needs at least two class names")
+        raise ValueError("--classes needs at least two class names")
     model, tok = load_clip(args.model)
     model.to(args.device)
     templates = args.templates.split("|") if args.templates else None
@@ -174,4 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from patches.brainfound.brainfound_cli import run_cli
+
+    run_cli(main)

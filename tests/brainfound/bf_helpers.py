@@ -40,6 +40,7 @@ def tiny_clip_config(tmp: Path, demo: dict, init_from: Path | None, **train) -> 
     cfg["model"]["init_from"] = str(init_from) if init_from else None
     cfg["data"]["train_jsonl"] = str(demo["stage2_train"])
     cfg["eval"]["test_jsonl"] = str(demo["stage2_test"])
+    cfg["eval"]["validation"] = False  # report validation: on where a test asks for it (it decodes 24 scans)
     cfg["train"].update({"output_dir": str(tmp / "out"), **train})
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "clip.yaml").write_text(yaml.safe_dump(cfg))

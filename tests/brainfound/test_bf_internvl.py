@@ -3,6 +3,7 @@ the ``brainfound_mcq`` eval task, and stage 3 through the core finetune entry po
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -126,7 +127,8 @@ def test_stage3_finetune_and_custom_eval(tmp_path, tiny_model_dir, bf_demo):
     out = tmp_path / "stage3"
     env = {"PYTHON": sys.executable, "OUTPUT_DIR": str(out), "MODEL": str(tiny_model_dir), "ENCODER": str(enc_dir),
            "META_PATH": str(bf_demo["stage3_train_meta"]), "OMP_NUM_THREADS": "1", "INTERNVL_NO_PLUGINS": "1",
-           "PATH": "/usr/bin:/bin"}
+           "PATH": "/usr/bin:/bin",  # this tree's core and plugins, not an installed copy's
+           "PYTHONPATH": os.pathsep.join([str(REPO / "internvl_chat"), str(REPO)])}
     proc = subprocess.run(["sh", "shell/brainfound/demo_finetune_tiny.sh", "--max_steps", "6", "--logging_steps", "2"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -142,4 +144,6 @@ def test_stage3_finetune_and_custom_eval(tmp_path, tiny_model_dir, bf_demo):
     res = json.loads(res_file.read_text())
     by_task = res["metrics"]["by_task"]
     assert by_task["brainfound_mcq"]["n"] == 4 and by_task["open_qa"]["n"] == 4
+    assert by_task["brainfound_report"]["n"] == 4  # the stage-3 report rows, scored by the plugin's task
+    assert {"bleu4_corpus", "rouge_l", "meteor"} <= set(by_task["brainfound_report"])
     assert 0 <= by_task["brainfound_mcq"]["accuracy"] <= 1

@@ -24,10 +24,11 @@ def test_stage1_loss_falls_and_exports(bf_stage1):
     assert len(hist) == 6 and _falls(hist), hist
     out = bf_stage1["dir"]
     for f in ("loss.csv", "loss.png", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-              "unet/modality_embedding.safetensors", "scheduler/scheduler_config.json", "checkpoints/latest"):
+              "unet/modality_embedding.safetensors", "scheduler/scheduler_config.json",
+              "checkpoint-24/trainer_state.json", "checkpoint-24/model.safetensors"):
         assert (out / f).is_file(), f
-    assert (out / "checkpoints/latest").read_text().strip() == "step_000024"
-    assert not list((out / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind
+    # the core's layout: complete checkpoints only, save_total_limit (2) kept, no staging folder left behind
+    assert sorted(p.name for p in out.glob("*checkpoint-*")) == ["checkpoint-12", "checkpoint-24"]
     assert len((out / "loss.csv").read_text().splitlines()) == 7
 
 
@@ -64,7 +65,7 @@ def test_generate_writes_a_png_grid(bf_stage1, tmp_path):
     again = generate.main(["--model", str(bf_stage1["dir"]), "--num", "6", "--steps", "4", "--scheduler", "ddim",
                            "--out", str(tmp_path / "again.png")])
     assert again["mean"] == pytest.approx(res["mean"])  # same seed, same samples
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--modality 'PET' is not one of"):
         generate.main(["--model", str(bf_stage1["dir"]), "--modality", "PET", "--out", str(tmp_path / "x.png")])
 
 
@@ -79,8 +80,8 @@ def test_stage2_short_run_resume_and_exports(tmp_path, bf_demo, bf_stage1):
     b = pretrain_clip.main(["--config", str(cfg_b), "--set", "train.max_steps=8"])
     np.testing.assert_allclose(b["history"], a["history"], rtol=1e-5)  # momentum encoders and queues resumed too
     out = Path(a["output_dir"])
-    sa, sb = load_file(str(out / "checkpoints/step_000008/model.safetensors")), \
-        load_file(str(Path(b["output_dir"]) / "checkpoints/step_000008/model.safetensors"))
+    sa, sb = load_file(str(out / "checkpoint-8/model.safetensors")), \
+        load_file(str(Path(b["output_dir"]) / "checkpoint-8/model.safetensors"))
     assert any(k.startswith("vision_m.") for k in sa) and "image_queue" in sa
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)
     # the stage-1 UNet initialised the encoder (first step moved it only slightly from stage 1)
