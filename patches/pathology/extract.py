@@ -213,6 +213,8 @@ def run(slides: list[Path], encoder, settings: ExtractSettings, out_dir: str, sk
         if removed:
             logger.warning("removed %d unfinished temporary file(s) of an interrupted run in %s", removed, out_dir)
         merge_error_logs(out_dir)
+        for stale in Path(out_dir).glob(".summary.rank*.json"):
+            stale.unlink(missing_ok=True)
     ctx.barrier()
     mine = shard(slides, ctx.rank, ctx.world_size)
     encoder, embed = prepare_encoder(encoder, settings.device, settings.compile)
