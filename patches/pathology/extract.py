@@ -267,6 +267,8 @@ def run(slides: list[Path], encoder, settings: ExtractSettings, out_dir: str, sk
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from internvl.registry import add_plugins_argument
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slides", required=True, help="one slide file, a folder of slides (recursive) or a list file "
@@ -300,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trident: <out>/<mag>x_<tile>px_0px_overlap/features_<encoder>/<slide>.h5, float32")
     ap.add_argument("--dist-timeout-hours", type=float, default=72.0, help="longest wait at the final barrier")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--plugins", nargs="*", default=[],
-                    help="extra modules that register tile encoders (installed plugins are not scanned: faster "
-                         "start-up)")
+    # start-up: only these modules are imported here; the installed plugins (entry points, ~3 s) are scanned only
+    # if --encoder names something no loaded module registered (the registry does that on a miss)
+    add_plugins_argument(ap)
     return ap
 
 
@@ -326,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.reader == "cucim" and importlib.util.find_spec("cucim") is None:
         return _error("--reader cucim: cuCIM is not installed (pip install cucim-cu12); or use --reader openslide")
     for module in args.plugins:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return _error(f"--plugins {module}: cannot import it ({exc})")
     ctx = RankContext.from_env()
     device = ctx.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
