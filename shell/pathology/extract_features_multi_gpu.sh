@@ -6,6 +6,8 @@
 #   GPUS=4 SLIDES=/data/wsi OUT=/data/feats/virchow2 WEIGHTS=/models/virchow2/model.safetensors \
 #       sh shell/pathology/extract_features_multi_gpu.sh [extra extract flags, e.g. --layout trident]
 #
+# Relative paths are relative to the repository root (the script runs from there).
+# WEIGHTS: a weights file / HF snapshot folder, or hf-hub (gated: log in first); ENCODER (virchow2), WORKERS (8).
 # On a machine without CUDA the ranks run on the CPU (GPUS = processes); SLURM: extract_features_slurm.sbatch.
 set -e
 cd "$(dirname "$0")/../.."
@@ -20,4 +22,4 @@ OUT=${OUT:?set OUT to the feature folder}
 "$PYTHON" -m torch.distributed.run --nproc_per_node="$GPUS" --nnodes="$NNODES" --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
     -m patches.pathology.extract --slides "$SLIDES" --out "$OUT" --encoder "${ENCODER:-virchow2}" \
-    --weights "${WEIGHTS:-hf-hub}" --num-workers "${WORKERS:-8}" --no-progress "$@"
+    ${WEIGHTS:+--weights "$WEIGHTS"} --num-workers "${WORKERS:-8}" --no-progress "$@"

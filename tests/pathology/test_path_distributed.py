@@ -48,7 +48,7 @@ def test_torchrun_two_ranks_match_one_process(wsi_fixtures, tmp_path):
     shutil.copytree(wsi_fixtures, slides)
     rng = np.random.default_rng(3)
     for i, objective in enumerate((20, 40, 20, 40)):
-        make_slide(str(slides / f"gen{i}.{'svs' if objective == 40 else 'tiff'}"), 1 + i % 3, rng, 64, objective)
+        make_slide(str(slides / f"gen{i}.{'svs' if objective == 40 else 'tiff'}"), 1 + i % 3, rng, 40, objective)
     args = ["--slides", str(slides), *TINY, "--tile", "16", "--mpp", "0.499", "--tissue", "none"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*args, "--out", str(one)]) == 2  # the fixtures' broken slides fail (logged, counted)

@@ -89,3 +89,29 @@ def test_trident_layout_is_written_read_and_resumed(slide_dir, tmp_path):
     assert np.array_equal(a.coords, b.coords) and np.allclose(a.features, b.features, atol=1e-2, rtol=1e-3)
     before = path.read_bytes()
     assert main(args) == 0 and _summary(out)["counts"] == {"skipped (finished)": 1} and path.read_bytes() == before
+
+
+def test_cucim_reader_matches_openslide(slide_dir, tmp_path):
+    pytest.importorskip("cucim", reason="cuCIM is optional (pip install cucim-cu12)")
+    from patches.pathology.wsi import make_tile_reader, open_slide, plan_tiles, slide_info
+
+    for name in ("g1_generic.tiff", "g3_aperio.svs"):  # read as is, and 448 px read + resized to 224
+        path = str(slide_dir / name)
+        handle = open_slide(path)
+        plan = plan_tiles(handle, slide_info(handle, path), 0.5, 224)
+        handle.close()
+        ours, cucim = make_tile_reader("openslide", path, plan), make_tile_reader("cucim", path, plan)
+        a, ia, _ = ours.read_batch(plan.coords[:6])
+        b, ib, bad = cucim.read_batch(plan.coords[:6])
+        assert ia == ib and not bad and all(np.array_equal(x, y) for x, y in zip(a, b))
+    out = tmp_path / "feats"
+    assert main(["--slides", str(slide_dir / "g1_generic.tiff"), "--out", str(out), *TINY, "--reader", "cucim"]) == 0
+
+
+def test_cucim_reader_missing_is_one_line(slide_dir, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("cucim") is not None:
+        pytest.skip("cuCIM is installed here")
+    assert main(["--slides", str(slide_dir), "--out", str(tmp_path / "o"), *TINY, "--reader", "cucim"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --reader cucim: cuCIM is not installed")
