@@ -107,3 +107,18 @@ def test_killed_rank_leaves_only_its_slides_and_rerun_finishes_them(slide_dir, t
     assert redone == owned[1] - finished_by_1  # only the dead rank's unfinished slides
     assert summary["counts"] == {"ok": len(redone), "skipped (finished)": 8 - len(redone)}
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".summary.rank*"))
+
+
+def test_shard_is_a_deterministic_size_balanced_partition(tmp_path):
+    slides = []
+    for i, size in enumerate([50, 10, 40, 30, 20, 5, 5]):
+        path = tmp_path / f"s{i}.svs"
+        path.write_bytes(b"x" * size)
+        slides.append(path)
+    slides.append(tmp_path / "missing.svs")  # counted as size 0, still owned by exactly one rank
+    parts = [shard(slides, r, 3) for r in range(3)]
+    assert sorted(p for part in parts for p in part) == sorted(slides)
+    assert parts == [shard(list(slides), r, 3) for r in range(3)]  # same list, same shares
+    loads = [sum(p.stat().st_size for p in part if p.exists()) for part in parts]
+    assert max(loads) - min(loads) <= 10  # greedy by bytes: 55 / 55 / 50
+    assert shard(slides, 0, 1) == slides

@@ -115,3 +115,19 @@ def test_cucim_reader_missing_is_one_line(slide_dir, tmp_path, capsys):
         pytest.skip("cuCIM is installed here")
     assert main(["--slides", str(slide_dir), "--out", str(tmp_path / "o"), *TINY, "--reader", "cucim"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --reader cucim: cuCIM is not installed")
+
+
+def test_settings_key_tracks_what_changes_the_numbers():
+    from patches.pathology.extract import ExtractSettings, settings_key
+    from patches.pathology.tile_pipeline import resolve_precision
+
+    class Cfg:
+        encoder_name, preset, tile_size, weights_source = "virchow2_tiny", "virchow2_tiny", 224, "seed 0"
+
+    base = settings_key(Cfg, ExtractSettings())
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert base == settings_key(Cfg, ExtractSettings(precision="fp32"))  # auto on CPU is fp32: same files
+    assert base == settings_key(Cfg, ExtractSettings(num_workers=8, prefetch=4, batch_size=7))  # speed only
+    for changed in (ExtractSettings(compile=True), ExtractSettings(reader="cucim"), ExtractSettings(precision="bf16"),
+                    ExtractSettings(mpp=1.0)):
+        assert settings_key(Cfg, changed) != base
