@@ -131,3 +131,9 @@ def test_settings_key_tracks_what_changes_the_numbers():
     for changed in (ExtractSettings(compile=True), ExtractSettings(reader="cucim"), ExtractSettings(precision="bf16"),
                     ExtractSettings(mpp=1.0)):
         assert settings_key(Cfg, changed) != base
+
+
+def test_no_weights_is_one_line(slide_dir, tmp_path, capsys):
+    code = main(["--slides", str(slide_dir), "--out", str(tmp_path / "o"), "--encoder", "virchow2_tiny"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: no weights for encoder")
