@@ -28,7 +28,9 @@ any float dtype) and ``.pt`` files holding a tensor [N, D] (CLAM's ``pt_files``)
 (and optionally ``coords``), loaded with ``torch.load(weights_only=True)``. Their encoder identity is the root or
 ``features`` attribute ``encoder`` when present, else a sidecar JSON next to the file (``<file>.json`` or
 ``<stem>.json``, ``{"encoder": "uni"}``); ``FeatureFile.encoder_source`` says which (the ``features`` media kind
-also accepts a meta-JSON option ``feature_encoder``).
+also accepts a meta-JSON option ``feature_encoder``). TRIDENT's encoder names are mapped to ours (``uni_v1`` ->
+``uni``, ``uni_v2`` -> ``uni2_h``, ``hoptimus0`` -> ``h_optimus_0``, ``gigapath`` -> ``prov_gigapath``), and the
+TRIDENT layout is written with TRIDENT's names (folder ``features_uni_v1``, ``encoder`` attribute).
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ import numpy as np
 
 FORMAT_VERSION = 1
 LAYOUTS = ("internvl", "trident")
+# TRIDENT's patch-encoder names (its ``enc_name``) -> ours, where they differ (virchow, virchow2 are the same)
+FROM_TRIDENT = {"uni_v1": "uni", "uni_v2": "uni2_h", "hoptimus0": "h_optimus_0", "gigapath": "prov_gigapath"}
+TO_TRIDENT = {ours: theirs for theirs, ours in FROM_TRIDENT.items()}
 TEMP_PREFIX = ".tmp-"
 
 
@@ -121,7 +126,7 @@ def feature_path(out_dir: str, stem: str, layout: str = "internvl", *, encoder: 
     if layout != "trident":
         raise ValueError(f"unknown feature layout {layout!r}; one of {LAYOUTS}")
     folder = f"{magnification_tag(mpp, magnification)}_{int(tile_size)}px_0px_overlap"
-    return os.path.join(out_dir, folder, f"features_{encoder}", stem + ".h5")
+    return os.path.join(out_dir, folder, f"features_{TO_TRIDENT.get(encoder, encoder)}", stem + ".h5")
 
 
 def cleanup_temporary(out_dir: str) -> int:
@@ -141,7 +146,8 @@ def _trident_attrs(path: str, attrs: dict) -> tuple[dict, dict]:
               "level0_magnification": float(level0_mag), "target_magnification": float(target_mag), "overlap": 0,
               "name": name, "level0_width": int(attrs["level0_width"]), "level0_height": int(attrs["level0_height"]),
               "savetodir": folder}
-    return {"name": name, "savetodir": folder, "encoder": str(attrs.get("encoder", ""))}, coords
+    encoder = str(attrs.get("encoder", ""))
+    return {"name": name, "savetodir": folder, "encoder": TO_TRIDENT.get(encoder, encoder)}, coords
 
 
 def write_features(path: str, features: np.ndarray, coords: np.ndarray, attrs: dict,
@@ -261,6 +267,7 @@ def read_features(path: str) -> FeatureFile:
         bad = int((~np.isfinite(features)).any(axis=1).sum())
         raise FeatureFileError(f"{path}: {bad} feature rows contain NaN/inf")
     encoder, source = (str(attrs["encoder"]), "file") if attrs.get("encoder") else _sidecar_encoder(path)
+    encoder = FROM_TRIDENT.get(encoder, encoder)  # TRIDENT's "uni_v1" is our "uni"
     return FeatureFile(path=str(path), features=features, coords=coords, attrs=attrs, encoder=encoder,
                        encoder_source=source)
 

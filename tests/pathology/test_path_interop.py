@@ -53,6 +53,8 @@ def test_trident_h5_identity_from_meta_option_or_sidecar(tmp_path):
         _reader().load(wide)
     batched = _trident_h5(tmp_path / "batched.h5", feats[None], encoder="uni")  # [1, N, D] as some tools save
     assert torch.equal(_reader().load(batched)[0], bag)
+    named = _trident_h5(tmp_path / "named.h5", feats, encoder="uni_v1")  # TRIDENT's own name for UNI
+    assert torch.equal(_reader().load(named)[0], bag)
 
 
 def test_clam_pt_files(tmp_path):
