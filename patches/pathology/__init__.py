@@ -8,6 +8,8 @@ Importing this package registers, by name, everything the core looks up (the cor
 * media kinds: ``features`` (cached feature files) and ``wsi`` (slides, via the feature cache) (``readers.py``);
 * eval tasks: ``tumour_grade`` and ``survival`` (``tasks.py``).
 
-Feature extraction CLI: ``python -m patches.pathology.extract``; synthetic demo data: ``patches.pathology.demo``.
+Feature extraction CLI: ``python -m patches.pathology.extract`` (also under ``torchrun``: ``distributed.py``);
+throughput table: ``python -m patches.pathology.bench``; synthetic demo data: ``patches.pathology.demo``.
+TRIDENT / CLAM feature files are read by the ``features`` media kind as they are (``features.py``).
 """
 from patches.pathology import aggregators, encoders, readers, slide_encoder, tasks  # noqa: F401  (registration)

@@ -13,8 +13,13 @@ Options come from ``config.projector_config``: ``num_tokens`` (K; ``num_latents`
   the attention of the last bag (``[N, K]``) is kept in ``last_attention`` for heat maps.
 
 Bags are processed one at a time: no padding, no wasted attention on pad tokens.
+
+The same classes also run inside the ``slide_features`` vision model (``build_aggregator``, from explicit widths
+instead of a chat config), which is how ``--use_backbone_lora`` / ``--freeze_backbone`` reach the aggregator.
 """
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -66,6 +71,13 @@ class _BagProjector(nn.Module):
         if bag.ndim != 2 or bag.shape[0] == 0:
             raise ValueError(f"a slide bag must be [N_tiles >= 1, D]; got {tuple(bag.shape)}")
         return self.out(self.pool(self.inp(bag)))
+
+    def linear_layer_names(self) -> list[str]:
+        """Names of the ``nn.Linear`` layers LoRA can wrap (those inside ``nn.MultiheadAttention`` excluded:
+        its forward reads ``out_proj.weight`` directly, so an adapter there would be bypassed)."""
+        inside_mha = {f"{name}.{sub}" for name, m in self.named_modules() if isinstance(m, nn.MultiheadAttention)
+                      for sub, _ in m.named_modules() if sub}
+        return [name for name, m in self.named_modules() if isinstance(m, nn.Linear) and name not in inside_mha]
 
 
 class _PerceiverLayer(nn.Module):
@@ -124,3 +136,16 @@ class GatedAttentionMIL(_BagProjector):
         if not self.training:
             self.last_attention = attn.detach()
         return attn.transpose(0, 1) @ self.dropout(h) + self.token_embed.to(h.dtype)  # [K, dim]
+
+
+AGGREGATORS = {"perceiver_resampler": PerceiverResampler, "perceiver": PerceiverResampler,
+               "abmil": GatedAttentionMIL, "attention_mil": GatedAttentionMIL}
+
+
+def build_aggregator(name: str, d_in: int, d_out: int, options: dict | None = None) -> _BagProjector:
+    """An aggregator from widths and options (``num_tokens``, ``dim``, ...), outside a chat config."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown slide aggregator {name!r}; one of {sorted(AGGREGATORS)}")
+    shim = SimpleNamespace(projector_config=dict(options or {}), vision_config=SimpleNamespace(hidden_size=d_in),
+                           llm_config=SimpleNamespace(hidden_size=d_out))
+    return AGGREGATORS[name](shim)

@@ -15,6 +15,22 @@ One file per slide:
 tissue parameters, slide-scale override, compute precision, format version); ``cache_key`` adds the slide's content
 hash. Files are written to a temporary name in the same folder and ``os.replace``d, so a killed run never leaves a
 file that looks finished. Datasets are written without HDF5 timestamps so reruns give byte-identical files.
+
+``layout="trident"`` (``extract --layout trident``) writes TRIDENT's layout instead: the file goes to
+``<out>/<mag>x_<tile>px_0px_overlap/features_<encoder>/<slide>.h5`` with ``features`` as float32 (attributes
+``name``, ``savetodir``, ``encoder``) and ``coords`` carrying TRIDENT's coordinate attributes (``patch_size``,
+``patch_size_level0``, ``level0_magnification``, ``target_magnification``, ``overlap``, ``name``,
+``level0_width``, ``level0_height``, ``savetodir``); our provenance stays in the root attributes, so resuming
+works the same.
+
+``read_features`` also reads other tools' files: TRIDENT/CLAM ``.h5`` (``features`` [N, D] or [1, N, D], ``coords``;
+any float dtype) and ``.pt`` files holding a tensor [N, D] (CLAM's ``pt_files``) or a dict with ``features``
+(and optionally ``coords``), loaded with ``torch.load(weights_only=True)``. Their encoder identity is the root or
+``features`` attribute ``encoder`` when present, else a sidecar JSON next to the file (``<file>.json`` or
+``<stem>.json``, ``{"encoder": "uni"}``); ``FeatureFile.encoder_source`` says which (the ``features`` media kind
+also accepts a meta-JSON option ``feature_encoder``). TRIDENT's encoder names are mapped to ours (``uni_v1`` ->
+``uni``, ``uni_v2`` -> ``uni2_h``, ``hoptimus0`` -> ``h_optimus_0``, ``gigapath`` -> ``prov_gigapath``), and the
+TRIDENT layout is written with TRIDENT's names (folder ``features_uni_v1``, ``encoder`` attribute).
 """
 from __future__ import annotations
 
@@ -29,6 +45,11 @@ import h5py
 import numpy as np
 
 FORMAT_VERSION = 1
+LAYOUTS = ("internvl", "trident")
+# TRIDENT's patch-encoder names (its ``enc_name``) -> ours, where they differ (virchow, virchow2 are the same)
+FROM_TRIDENT = {"uni_v1": "uni", "uni_v2": "uni2_h", "hoptimus0": "h_optimus_0", "gigapath": "prov_gigapath"}
+TO_TRIDENT = {ours: theirs for theirs, ours in FROM_TRIDENT.items()}
+TEMP_PREFIX = ".tmp-"
 
 
 class FeatureFileError(Exception):
@@ -39,8 +60,10 @@ class FeatureFileError(Exception):
 class FeatureFile:
     path: str
     features: np.ndarray
-    coords: np.ndarray
+    coords: np.ndarray | None      # None: a .pt file without coordinates
     attrs: dict
+    encoder: str | None = None     # which tile encoder made the features, when known
+    encoder_source: str = ""       # "file" | "sidecar <path>" | "" (unknown)
 
 
 def canonical_hash(obj) -> str:
@@ -89,10 +112,49 @@ def _encode_attr(value):
     return value
 
 
+def magnification_tag(mpp: float | None, magnification: float | None) -> str:
+    """TRIDENT's magnification folder tag: ``20x`` for 0.5 µm/px (10 / mpp), or the magnification given."""
+    mag = float(magnification) if magnification else 10.0 / float(mpp)
+    return f"{mag:g}x"
+
+
+def feature_path(out_dir: str, stem: str, layout: str = "internvl", *, encoder: str = "", mpp: float | None = 0.5,
+                 magnification: float | None = None, tile_size: int = 224) -> str:
+    """Where one slide's feature file goes for ``layout``."""
+    if layout == "internvl":
+        return os.path.join(out_dir, stem + ".h5")
+    if layout != "trident":
+        raise ValueError(f"unknown feature layout {layout!r}; one of {LAYOUTS}")
+    folder = f"{magnification_tag(mpp, magnification)}_{int(tile_size)}px_0px_overlap"
+    return os.path.join(out_dir, folder, f"features_{TO_TRIDENT.get(encoder, encoder)}", stem + ".h5")
+
+
+def cleanup_temporary(out_dir: str) -> int:
+    """Remove ``.tmp-*.h5`` files a killed run left (under ``out_dir``, any depth); returns how many."""
+    removed = 0
+    for tmp in Path(out_dir).rglob(TEMP_PREFIX + "*.h5"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _trident_attrs(path: str, attrs: dict) -> tuple[dict, dict]:
+    name, folder = Path(path).stem, os.path.dirname(os.path.abspath(path))
+    level0_mag = attrs.get("objective_power") or 10.0 / float(attrs["slide_mpp"])
+    target_mag = 10.0 / float(attrs["target_mpp"])
+    coords = {"patch_size": int(attrs["tile_size"]), "patch_size_level0": int(attrs["tile_size_level0"]),
+              "level0_magnification": float(level0_mag), "target_magnification": float(target_mag), "overlap": 0,
+              "name": name, "level0_width": int(attrs["level0_width"]), "level0_height": int(attrs["level0_height"]),
+              "savetodir": folder}
+    encoder = str(attrs.get("encoder", ""))
+    return {"name": name, "savetodir": folder, "encoder": TO_TRIDENT.get(encoder, encoder)}, coords
+
+
 def write_features(path: str, features: np.ndarray, coords: np.ndarray, attrs: dict,
-                   bad_coords: np.ndarray | None = None, tissue_fraction: np.ndarray | None = None) -> None:
+                   bad_coords: np.ndarray | None = None, tissue_fraction: np.ndarray | None = None,
+                   layout: str = "internvl") -> None:
     """Write one slide's feature file atomically (temporary file in the same folder, then ``os.replace``)."""
-    features = np.asarray(features, dtype=np.float16)
+    features = np.asarray(features, dtype=np.float32 if layout == "trident" else np.float16)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     if len(features) != len(coords):
         raise ValueError(f"{path}: {len(features)} feature rows but {len(coords)} coordinates")
@@ -100,16 +162,23 @@ def write_features(path: str, features: np.ndarray, coords: np.ndarray, attrs: d
     frac = np.ones(len(coords), np.float32) if tissue_fraction is None else np.asarray(tissue_fraction, np.float32)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".h5", dir=folder)
     os.close(fd)
     try:
         with h5py.File(tmp, "w", libver="earliest", track_order=False) as h5:
             opts = dict(track_times=False)
-            h5.create_dataset("features", data=features, chunks=(max(1, min(len(features), 1024)), features.shape[1])
-                              if len(features) else None, **opts)
-            h5.create_dataset("coords", data=coords, **opts)
+            feats = h5.create_dataset("features", data=features, chunks=(max(1, min(len(features), 1024)),
+                                                                         features.shape[1])
+                                      if len(features) else None, **opts)
+            xy = h5.create_dataset("coords", data=coords, **opts)
             h5.create_dataset("bad_coords", data=bad, **opts)
             h5.create_dataset("tissue_fraction", data=frac, **opts)
+            if layout == "trident":
+                feat_attrs, coord_attrs = _trident_attrs(path, attrs)
+                for key, value in feat_attrs.items():
+                    feats.attrs[key] = value
+                for key, value in coord_attrs.items():
+                    xy.attrs[key] = value
             for key in sorted(attrs):
                 h5.attrs[key] = _encode_attr(attrs[key])
             h5.attrs["format_version"] = FORMAT_VERSION
@@ -128,25 +197,79 @@ def read_attrs(path: str) -> dict:
         raise FeatureFileError(f"{path}: not a readable HDF5 feature file ({exc})") from exc
 
 
-def read_features(path: str) -> FeatureFile:
-    """Load a feature file written by ``write_features`` (float32 features)."""
-    if not os.path.isfile(path):
-        raise FeatureFileError(f"{path}: feature file not found")
+def _decode(attrs) -> dict:
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+
+
+def _read_h5(path: str):
     try:
         with h5py.File(path, "r") as h5:
-            if "features" not in h5 or "coords" not in h5:
-                raise FeatureFileError(f"{path}: no 'features'/'coords' datasets (keys: {sorted(h5.keys())})")
+            if "features" not in h5:
+                raise FeatureFileError(f"{path}: no 'features' dataset (keys: {sorted(h5.keys())})")
             features = np.asarray(h5["features"], dtype=np.float32)
-            coords = np.asarray(h5["coords"], dtype=np.int64)
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+            coords = np.asarray(h5["coords"], dtype=np.int64) if "coords" in h5 else None
+            attrs = {**_decode(h5["features"].attrs), **_decode(h5.attrs)}  # root attributes win
     except OSError as exc:
         raise FeatureFileError(f"{path}: not a readable HDF5 feature file ({exc})") from exc
-    if features.ndim != 2 or coords.shape != (len(features), 2):
+    return features, coords, attrs
+
+
+def _read_pt(path: str):
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of many kinds; re-raised naming the file
+        raise FeatureFileError(f"{path}: not a readable torch feature file ({type(exc).__name__}: {exc})") from exc
+    coords = None
+    if isinstance(obj, dict):
+        if "features" not in obj:
+            raise FeatureFileError(f"{path}: a dict without 'features' (keys: {sorted(map(str, obj))})")
+        coords = obj.get("coords")
+        obj = obj["features"]
+    if not isinstance(obj, torch.Tensor):
+        raise FeatureFileError(f"{path}: holds a {type(obj).__name__}, not a feature tensor [N, D]")
+    features = obj.detach().float().numpy()
+    if coords is not None:
+        coords = np.asarray(coords.numpy() if isinstance(coords, torch.Tensor) else coords, dtype=np.int64)
+    return features, coords, {}
+
+
+def _sidecar_encoder(path: str) -> tuple[str | None, str]:
+    p = Path(path)
+    for side in (Path(str(p) + ".json"), p.with_suffix(".json")):
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise FeatureFileError(f"{side}: sidecar of {path} is not valid JSON ({exc})") from exc
+            if not isinstance(meta, dict) or not isinstance(meta.get("encoder"), str):
+                raise FeatureFileError(f"{side}: sidecar of {path} needs a string 'encoder' field")
+            return meta["encoder"], f"sidecar {side}"
+    return None, ""
+
+
+def read_features(path: str) -> FeatureFile:
+    """Load a feature file (ours, TRIDENT/CLAM ``.h5`` or ``.pt``) as float32 features; errors name the file."""
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"{path}: feature file not found")
+    reader = _read_pt if path.endswith((".pt", ".pth")) else _read_h5
+    features, coords, attrs = reader(path)
+    if features.ndim == 3 and features.shape[0] == 1:  # a batch of one slide
+        features = features[0]
+    if coords is not None and coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if features.ndim != 2:
+        raise FeatureFileError(f"{path}: features have shape {features.shape}, expected [N_tiles, D]")
+    if coords is not None and coords.shape != (len(features), 2):
         raise FeatureFileError(f"{path}: features {features.shape} and coords {coords.shape} do not match")
     if not np.isfinite(features).all():
         bad = int((~np.isfinite(features)).any(axis=1).sum())
         raise FeatureFileError(f"{path}: {bad} feature rows contain NaN/inf")
-    return FeatureFile(path=str(path), features=features, coords=coords, attrs=attrs)
+    encoder, source = (str(attrs["encoder"]), "file") if attrs.get("encoder") else _sidecar_encoder(path)
+    encoder = FROM_TRIDENT.get(encoder, encoder)  # TRIDENT's "uni_v1" is our "uni"
+    return FeatureFile(path=str(path), features=features, coords=coords, attrs=attrs, encoder=encoder,
+                       encoder_source=source)
 
 
 def is_finished(path: str, key: str, fingerprint: dict, slide: str | None = None) -> bool:

@@ -2,9 +2,11 @@
 
 Both yield one item per reference: a float32 bag ``[N_tiles, D]`` for the ``slide_features`` vision model.
 
-``features``: reads an HDF5 file written by ``extract.py``; the feature width must equal the vision config's
-``feature_dim`` and, when the vision config names a ``tile_encoder``, the file's ``encoder`` attribute must match
-(features from another encoder are an error naming the file, never silently used).
+``features``: reads a feature file written by ``extract.py`` (either layout) or by TRIDENT / CLAM (``.h5`` with
+``features``/``coords``, or a ``.pt`` tensor; see ``features.py``). The feature width must equal the vision config's
+``feature_dim`` and, when the vision config names a ``tile_encoder``, the encoder that made the file must match:
+taken from the file, else from a sidecar JSON (``<file>.json``: ``{"encoder": "uni"}``), else from the dataset's
+meta-JSON option ``"feature_encoder"``; a file of unknown origin is then an error too. Every error names the file.
 
 ``wsi``: looks the slide up in the feature cache (``options["feature_cache"]`` or ``vision_config.feature_cache``;
 file ``<cache>/<slide stem>-<settings key>.h5``, or ``<cache>/<slide stem>.h5`` as ``extract.py --out <cache>`` writes
@@ -60,13 +62,20 @@ class _BagReader(MediaReader):
             ff = read_features(path)
         except FeatureFileError as exc:
             raise MediaError(str(exc)) from exc
+        made_by, source = ff.encoder, ff.encoder_source
+        if made_by is None and self.options.get("feature_encoder"):
+            made_by, source = str(self.options["feature_encoder"]), "meta option feature_encoder"
         want = getattr(self.vision_config, "feature_dim", self.vision_config.hidden_size)
         if ff.features.shape[1] != want:
-            raise MediaError(f"{path}: features are {ff.features.shape[1]}-d (encoder "
-                             f"{ff.attrs.get('encoder')!r}) but the vision model expects {want}-d")
+            raise MediaError(f"{path}: features are {ff.features.shape[1]}-d (encoder {made_by!r}) but the vision "
+                             f"model expects {want}-d")
         encoder = self._option("tile_encoder")
-        if encoder and ff.attrs.get("encoder") and ff.attrs["encoder"] != encoder:
-            raise MediaError(f"{path}: made by tile encoder {ff.attrs['encoder']!r}, the model expects {encoder!r}")
+        if encoder and made_by is None:
+            raise MediaError(f"{path}: the file does not say which tile encoder made it and the model expects "
+                             f"{encoder!r}; add a sidecar {path}.json with {{\"encoder\": \"{encoder}\"}} or set "
+                             f"\"feature_encoder\" in the dataset's meta-JSON entry")
+        if encoder and made_by != encoder:
+            raise MediaError(f"{path}: made by tile encoder {made_by!r} ({source}), the model expects {encoder!r}")
         if len(ff.features) == 0:
             raise MediaError(f"{path}: no tissue tiles in this feature file (nothing to aggregate)")
         return subsample(torch.from_numpy(ff.features), self._option("max_tiles"), is_train)

@@ -11,6 +11,17 @@ that made the features and how (``tile_encoder``, ``tile_encoder_weights``, ``ti
 ``tile_size``; the ``wsi`` media reader uses these to find or make cached features and the ``features`` reader to
 check a file's origin), ``max_tiles`` (bags larger than this are subsampled: random while training, evenly spaced
 otherwise) and ``feature_cache`` (folder for features the ``wsi`` reader extracts itself).
+
+Where the aggregator lives:
+
+* default (``aggregator=None``): the encoder emits the bag (N tokens of ``feature_dim``) and the projector is the
+  aggregator (``--projector perceiver_resampler`` / ``abmil``, trained by ``--freeze_mlp False``). The encoder has
+  no linear layers, so ``--use_backbone_lora`` is refused with a message saying what to use instead.
+* ``aggregator="perceiver_resampler"`` (or ``"abmil"``) with ``aggregator_config`` (``num_tokens`` K, ``dim``,
+  ``heads``, ``depth``, ``dropout``, ``out_dim`` = output width, default ``dim``): the encoder itself pools the
+  bag to K tokens of ``out_dim`` (a slide encoder, as in PRISM), and the projector is the per-token ``mlp``.
+  ``--freeze_backbone False`` trains the aggregator in full; ``--use_backbone_lora r`` puts LoRA adapters on its
+  linear layers (``lora_target_modules``; the attention blocks' packed projections stay frozen under LoRA).
 """
 from __future__ import annotations
 
@@ -27,11 +38,15 @@ class SlideFeaturesConfig(PretrainedConfig):
     def __init__(self, feature_dim: int = 2560, input_norm: bool = True, tile_encoder: str | None = "virchow2",
                  tile_encoder_weights: str | None = None, tile_encoder_seed: int | None = None, mpp: float = 0.5,
                  tile_size: int | None = None, max_tiles: int | None = None, feature_cache: str | None = None,
-                 max_tiles_on_the_fly: int = 4096, input_kinds=("features", "wsi"), **kwargs):
-        kwargs.pop("hidden_size", None)  # always feature_dim
+                 max_tiles_on_the_fly: int = 4096, input_kinds=("features", "wsi"), aggregator: str | None = None,
+                 aggregator_config: dict | None = None, **kwargs):
+        kwargs.pop("hidden_size", None)  # derived: feature_dim, or the aggregator's output width
         super().__init__(**kwargs)
         self.feature_dim = int(feature_dim)
-        self.hidden_size = self.feature_dim
+        self.aggregator = aggregator
+        self.aggregator_config = dict(aggregator_config or {})
+        opts = self.aggregator_config
+        self.hidden_size = int(opts.get("out_dim", opts.get("dim", 512))) if aggregator else self.feature_dim
         self.input_norm = bool(input_norm)
         self.tile_encoder = tile_encoder
         self.tile_encoder_weights = tile_encoder_weights
@@ -53,10 +68,19 @@ class SlideFeatureEncoder(VisionEncoder):
     def __init__(self, config: SlideFeaturesConfig):
         super().__init__(config)
         self.norm = nn.LayerNorm(config.feature_dim) if config.input_norm else nn.Identity()
+        if config.aggregator:
+            from patches.pathology.aggregators import build_aggregator
+
+            self.aggregator = build_aggregator(config.aggregator, config.feature_dim, config.hidden_size,
+                                               config.aggregator_config)
+        else:
+            self.aggregator = None
         self.post_init()
 
     @classmethod
     def num_tokens(cls, config, item: torch.Tensor) -> int:
+        if getattr(config, "aggregator", None):
+            return int(config.aggregator_config.get("num_tokens", config.aggregator_config.get("num_latents", 64)))
         return int(item.shape[0])
 
     @classmethod
@@ -65,23 +89,35 @@ class SlideFeatureEncoder(VisionEncoder):
 
     @property
     def lora_target_modules(self) -> list[str]:
-        return []  # nothing to adapt: the LayerNorm trains in full when the vision side is unfrozen
+        if self.aggregator is None:
+            raise ValueError(
+                "--use_backbone_lora: the slide_features encoder has no linear layers (only a LayerNorm; the "
+                "aggregator is the projector here). Either put the aggregator in the encoder (--vision_overrides "
+                "'{\"aggregator\": \"perceiver_resampler\", \"aggregator_config\": {...}}' --projector mlp) or drop "
+                "--use_backbone_lora and train the projector with --freeze_mlp False")
+        return [f"aggregator.{name}" for name in self.aggregator.linear_layer_names()]
 
     def _check(self, bag: torch.Tensor) -> None:
         if bag.ndim != 2 or bag.shape[-1] != self.config.feature_dim:
             raise ValueError(f"slide_features expects bags [N_tiles, {self.config.feature_dim}], got "
                              f"{tuple(bag.shape)}; were the features made by another tile encoder?")
 
+    def _encode(self, bag: torch.Tensor) -> torch.Tensor:
+        h = self.norm(bag.to(self.dtype))
+        return h if self.aggregator is None else self.aggregator.forward_bag(h)
+
     def forward(self, pixel_values, **_):
         if isinstance(pixel_values, (list, tuple)):
             for bag in pixel_values:
                 self._check(bag)
-            return [self.norm(bag.to(self.dtype)) for bag in pixel_values]
+            return [self._encode(bag) for bag in pixel_values]
         if pixel_values.ndim != 3:
             raise ValueError(f"slide_features expects [N_items, N_tiles, D] or a list of [N_tiles, D]; got "
                              f"{tuple(pixel_values.shape)}")
         self._check(pixel_values[0])
-        return self.norm(pixel_values.to(self.dtype))
+        if self.aggregator is None:
+            return self.norm(pixel_values.to(self.dtype))
+        return torch.stack([self._encode(bag) for bag in pixel_values])
 
 
 @register_vision_model("slide_features", encoder=SlideFeatureEncoder, tiny={"feature_dim": 32, "tile_encoder": None})

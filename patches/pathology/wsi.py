@@ -27,13 +27,12 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from patches.pathology.slide_list import SLIDE_EXTENSIONS  # noqa: F401  (re-exported)
 from patches.pathology.tissue import TissueParams, tile_tissue_fraction, tissue_mask
 
 # µm/px outside this range is not a microscope scale (72-dpi default TIFF tags give 352.8)
 PLAUSIBLE_MPP = (0.05, 16.0)
 LEVEL_TOLERANCE = 0.02  # a level whose downsample is within 2 % of the wanted one is read without resizing
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".dcm", ".scn", ".bif", ".vms", ".vmu",
-                    ".svslide", ".qptiff")
 
 
 class SlideError(Exception):
@@ -214,6 +213,8 @@ def plan_tiles(handle: openslide.OpenSlide, info: SlideInfo, target_mpp: float, 
 class TileReader:
     """Reads planned tiles from one slide; one instance per process/worker (OpenSlide handles are not shared)."""
 
+    read_errors: tuple = (openslide.OpenSlideError,)
+
     def __init__(self, path: str, plan: TilePlan):
         self.path = str(path)
         self.plan = plan
@@ -243,12 +244,12 @@ class TileReader:
         """RGB uint8 [tile, tile, 3], or a ``BadTile`` after one retry on a fresh handle."""
         try:
             return self._read(x, y)
-        except openslide.OpenSlideError as first:
+        except self.read_errors as first:
             self.close()  # errors are sticky on a handle: a fresh one reads good regions again
             self.reopened += 1
             try:
                 return self._read(x, y)
-            except openslide.OpenSlideError as second:
+            except self.read_errors as second:
                 self.close()
                 return BadTile(int(x), int(y), f"{second} (first attempt: {first})")
 
@@ -268,3 +269,52 @@ class TileReader:
         state = dict(self.__dict__)
         state["_handle"] = None
         return state
+
+
+class CuCIMTileReader(TileReader):
+    """The same reads through cuCIM (``pip install cucim-cu12``; TIFF-family files such as .svs/.tif only).
+
+    ``CuImage.read_region`` takes the level-0 location like OpenSlide and returns RGB; the rest (resize, bad-tile
+    retry on a fresh handle) is ``TileReader``'s.
+    """
+
+    read_errors = (RuntimeError, ValueError)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            from cucim import CuImage
+
+            try:
+                self._handle = CuImage(self.path)
+            except (RuntimeError, ValueError) as exc:
+                raise SlideError(f"{self.path}: cuCIM cannot open it: {exc}") from exc
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _read(self, x: int, y: int) -> np.ndarray:
+        p = self.plan
+        region = np.asarray(self.handle.read_region(location=(int(x), int(y)), size=(p.read_size, p.read_size),
+                                                    level=p.level))[..., :3]
+        if p.read_size != p.tile_size:
+            region = np.asarray(Image.fromarray(region).resize((p.tile_size, p.tile_size),
+                                                               Image.Resampling.BICUBIC))
+        return np.ascontiguousarray(region, dtype=np.uint8)
+
+
+def make_tile_reader(kind: str, path: str, plan: TilePlan) -> TileReader:
+    """``openslide`` (default) or ``cucim`` (an error saying how to install it when it is missing)."""
+    if kind == "openslide":
+        return TileReader(path, plan)
+    if kind == "cucim":
+        import importlib.util
+
+        if importlib.util.find_spec("cucim") is None:
+            raise SlideError("--reader cucim: cuCIM is not installed (pip install cucim-cu12, or cucim-cu11 / "
+                             "cucim-cu13 for your CUDA); or use --reader openslide")
+        return CuCIMTileReader(path, plan)
+    raise ValueError(f"unknown tile reader {kind!r}; one of openslide, cucim")

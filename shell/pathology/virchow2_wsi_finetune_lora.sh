@@ -19,10 +19,16 @@
 #          --data /data/wsi_reports/meta_test.json --out results.json --max-new-tokens 64
 #
 # The checkpoint's own vision side is replaced: slide_features (2560-d Virchow-2 bags, LayerNorm, up to max_tiles
-# tiles per slide, random subsets while training) + perceiver_resampler (256 latents, PRISM2-like; use
-# --projector abmil for attention-MIL pooling). Both start untrained and are trained in full (freeze_mlp False);
-# the LLM is frozen except its LoRA adapters. MODEL (default pretrained/InternVL2_5-1B), META_PATH and OUTPUT_DIR
-# override the paths; GPUS / BATCH_SIZE / PER_DEVICE_BATCH_SIZE and the CPU fallback as in shell/common.sh.
+# tiles per slide, random subsets while training) with its aggregator inside (perceiver_resampler: 256 latents,
+# PRISM2-like; "aggregator": "abmil" for attention-MIL pooling), then the per-token mlp projector to the LLM.
+# Aggregator and projector start untrained and are trained in full (freeze_backbone False, freeze_mlp False); the
+# LLM is frozen except its LoRA adapters. LoRA on the aggregator instead of full training:
+#      sh shell/pathology/virchow2_wsi_finetune_lora.sh --use_backbone_lora 8 --freeze_backbone True
+# (adapters on the aggregator's linear layers; its attention projections and latents stay as they are).
+# Features made by TRIDENT or CLAM (.h5 with features/coords, or .pt) work as they are: name the encoder in the
+# meta entry ("feature_encoder": "virchow2") or a sidecar <file>.json when the file does not say.
+# MODEL (default pretrained/InternVL2_5-1B), META_PATH and OUTPUT_DIR override the paths; GPUS / BATCH_SIZE /
+# PER_DEVICE_BATCH_SIZE and the CPU fallback as in shell/common.sh.
 GPUS=${GPUS:-8}
 BATCH_SIZE=${BATCH_SIZE:-64}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-2}
@@ -36,9 +42,8 @@ internvl_finetune \
     --meta_path "$META_PATH" \
     --plugins patches.pathology \
     --vision_model slide_features \
-    --vision_overrides '{"feature_dim": 2560, "tile_encoder": "virchow2", "mpp": 0.5, "max_tiles": 8192}' \
-    --projector perceiver_resampler \
-    --projector_config '{"num_tokens": 256, "dim": 1024, "heads": 16, "depth": 2}' \
+    --vision_overrides '{"feature_dim": 2560, "tile_encoder": "virchow2", "mpp": 0.5, "max_tiles": 8192, "aggregator": "perceiver_resampler", "aggregator_config": {"num_tokens": 256, "dim": 1024, "heads": 16, "depth": 2}}' \
+    --projector mlp \
     --conv_style internvl2_5 \
     --use_fast_tokenizer False \
     --freeze_llm True \
