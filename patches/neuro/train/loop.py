@@ -140,6 +140,10 @@ def run(cfg: dict) -> int:
         names, labels = read_labels(data["study_labels"], sorted({s.study for s in train_s + val_s}),
                                     cfg["system"]["params"]["loss_cf"]["which"], mh["proj_params"]["out_dim"])
     system = build_system(cfg, names)
+    mim = cfg["system"]["params"].get("proj_params", {}).get("mim", {})
+    if pretrain and any(v not in (None, False) for v in mim.values()):
+        log.warning("system.params.proj_params.mim is accepted but unused: the jepa loss regresses target "
+                    "features directly, without a projection head")
     if tr["monitor_metric"] not in system.monitor_metrics:
         raise ConfigError(f"training.monitor_metric: {tr['monitor_metric']!r} is not logged by "
                           f"{cfg['system']['which']}; one of {list(system.monitor_metrics)}")

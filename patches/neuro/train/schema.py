@@ -114,7 +114,7 @@ def choice(*options, aliases: dict | None = None):
     def check(v, k):
         v2 = (aliases or {}).get(v, v)
         if v2 not in options:
-            raise ConfigError(f"{k}: {v!r} is not one of {list(options) + sorted(aliases or {})}")
+            raise ConfigError(f"{k}: {v!r} is not one of {list(options) + sorted(map(str, aliases or {}))}")
         return v2
     return check
 
