@@ -136,6 +136,15 @@ def test_jepa_loss_falls_and_features_do_not_collapse(pretrained, neuro_studies)
         assert (feature_spread(torch.cat(enc([ds[(0, 0)]["items"][0]]))) > FLOOR).float().mean() == 0
 
 
+def test_logged_ema_momentum_follows_the_schedule(pretrained):
+    root, _ = pretrained
+    beta, total = [0.996, 1.0], 8  # the example's ema_beta; 4 epochs x 2 steps
+    logged = csv_rows(root, "train/ema_momentum")
+    assert sorted(logged) == list(range(1, total + 1))
+    for step, value in logged.items():
+        assert float(value) == pytest.approx(beta[0] + (beta[1] - beta[0]) * step / total, abs=1e-12)
+
+
 def test_classification_example_from_the_jepa_backbone(pretrained, neuro_studies, tmp_path):
     root, _ = pretrained
     out = tmp_path / "cls"
