@@ -99,6 +99,7 @@ def test_pretraining_example_outputs_and_fallback(pretrained):
     assert sorted(p.name for p in (root / "models").glob("*.ckpt")) == [
         "best-val_loss_epoch.ckpt", "epoch-01.ckpt", "epoch-02.ckpt", "epoch-03.ckpt", "epoch-04.ckpt", "last.ckpt"]
     assert list((root / "tb").glob("events.out.tfevents.*")) and (root / "csv" / "metrics.csv").exists()
+    assert (root / "plots" / "metrics.png").stat().st_size > 0
     tensors, state = read_checkpoint(str(root / "models" / "last.ckpt"))  # safetensors + JSON: nothing unpickled
     assert state["epoch"] == 4 and state["system"] == "VisionPretrainingSystem"
     assert json.loads((root / "models" / "last.json").read_text())["global_step"] == state["global_step"] == 8

@@ -31,6 +31,7 @@ from patches.neuro.train import config as C
 from patches.neuro.train.checkpoint import restore, save_checkpoint
 from patches.neuro.train.data import StudyData, batches, discover, prefill, read_labels
 from patches.neuro.train.optim import build_optimizer, build_scheduler
+from patches.neuro.train.plots import plot_metrics
 from patches.neuro.train.schema import ConfigError
 
 log = logging.getLogger("patches.neuro.train")
@@ -238,10 +239,12 @@ def run(cfg: dict) -> int:
                      "metrics": metrics}
             if rank == 0:
                 _checkpoints(models, system, opt, state, monitor, mode, metrics, epoch, tr["checkpoint_every_n_epochs"])
+                plot_metrics(root)
             if world > 1:
                 dist.barrier()
-            print(json.dumps({"epoch": epoch + 1, "step": step, **{k: round(v, 5) for k, v in metrics.items()
-                                                                     if "/" in k and k.count("/") == 1}}))
+            if rank == 0:
+                print(json.dumps({"epoch": epoch + 1, "step": step, **{k: round(v, 5) for k, v in metrics.items()
+                                                                         if k.count("/") == 1}}))
     finally:
         logger.close()
     return 0
