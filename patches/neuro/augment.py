@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, CropForegroundd, RandAdjustContrastd, RandFlipd, RandGaussianNoised,
-                              RandRotate90d, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd)
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,10 @@ def _plain(x) -> torch.Tensor:
 
 class VolumeAugmenter:
     def __init__(self, config: AugmentConfig | dict | None = None):
+        # MONAI is imported here, not at module level: importing the plugin (every run) should not pay for it
+        from monai.transforms import (Compose, RandAdjustContrastd, RandFlipd, RandGaussianNoised, RandRotate90d,
+                                      RandScaleIntensityd, RandShiftIntensityd)
+
         self.config = config if isinstance(config, AugmentConfig) else AugmentConfig.from_dict(config)
         c, keys = self.config, ["image", "mask"]
         self._flips = [RandFlipd(keys, prob=c.flip_prob, spatial_axis=a) for a in c.flip_axes]
@@ -95,6 +97,8 @@ class VolumeAugmenter:
 
     def spatial(self, image: torch.Tensor, mask: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [C, D, H, W]``, ``mask [D, H, W]`` (bool or 0/1) -> cropped/flipped/permuted alike."""
+        from monai.transforms import CropForegroundd, RandSpatialCropd
+
         c = self.config
         data = {"image": torch.as_tensor(image), "mask": torch.as_tensor(mask)[None].float()}
         chain = []

@@ -98,7 +98,14 @@ class VolumeReader(MediaReader):
             raise ValueError("study_mode='pool' needs an encoder with study_pooling='grid' or 'bag'")
         aug = dict(self.options.get("volume_augment") or {})
         aug.setdefault("keep_shape", True)  # fixed-grid encoders (brain3d_vit) keep their token grid
-        self.augmenter = VolumeAugmenter(AugmentConfig.from_dict(aug))
+        self.augment_config = AugmentConfig.from_dict(aug)  # options checked now, MONAI built on first use
+        self._augmenter = None
+
+    @property
+    def augmenter(self) -> VolumeAugmenter:
+        if self._augmenter is None:
+            self._augmenter = VolumeAugmenter(self.augment_config)
+        return self._augmenter
 
     # --------------------------------------------------------------------------------------------- refs
     def _series(self, ref: Any) -> tuple[list[tuple[str, str | None, PreprocessConfig]], bool]:
