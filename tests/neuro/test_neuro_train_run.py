@@ -180,6 +180,17 @@ def test_jepa_backbone_loads_into_the_vlm_strictly(pretrained, tmp_path):
     tensors, _ = read_checkpoint(ckpt)
     own = model.vision_model.state_dict()
     assert own and all(torch.equal(v, tensors["teacher_encoder." + k]) for k, v in own.items())
+    # the fine-tuned VLM checkpoint, reloaded, keeps its own (fine-tuned) weights, also without the backbone file
+    with torch.no_grad():
+        model.vision_model.norm.weight.fill_(3.0)
+    model.save_pretrained(tmp_path / "vlm")
+    moved = tmp_path / "moved.ckpt"
+    os.replace(ckpt, moved)
+    try:
+        again = InternVLChatModel.from_pretrained(tmp_path / "vlm")
+    finally:
+        os.replace(moved, ckpt)
+    assert torch.equal(again.vision_model.norm.weight, torch.full((48,), 3.0))
     from internvl.model.vision.base import create_vision_model
 
     with pytest.raises(PretrainedLoadError, match=f"{ckpt}: backbone keys do not match.*unexpected"):
