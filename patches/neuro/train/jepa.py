@@ -134,13 +134,16 @@ class PretrainingSystem(nn.Module):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teacher_encoder.")]
 
     def _loss(self, batch: list[dict], rng: np.random.Generator, drop: float) -> torch.Tensor:
-        items = [it for unit in batch for it in unit["items"]]
+        items = [(unit.get("study"), it) for unit in batch for it in unit["items"]]
         dev = next(self.parameters()).device
         ctx_emb, ctx_xyz, tgt_xyz, tgt_sel, t_emb = [], [], [], [], []
-        for it in items:
+        for study, it in items:
             it = it.to(dev)
             emb, coords, fg, grid = self.student_encoder.grid_tokens(it)
-            target, context = sample_masks(grid, fg, rng, self.mask_cf)
+            try:
+                target, context = sample_masks(grid, fg, rng, self.mask_cf)
+            except DataError as exc:
+                raise DataError(f"study {study}: {exc}") from None
             context = drop_tokens(context, drop, rng)
             ctx_emb.append(emb[context])
             ctx_xyz.append(coords[context])
