@@ -182,6 +182,8 @@ def check_config(raw) -> dict:
                               f"tokenise the volume themselves)")
         if abs(sum(p["ct_window_probs"]) - 1.0) > 1e-6:
             raise ConfigError(f"data.dataset.{split}.params.ct_window_probs: must sum to 1, got {p['ct_window_probs']}")
+        if split == "val" and data["loader"][split]["collate_fn"]["patch_drop_rate"] > 0:
+            raise ConfigError("data.loader.val.collate_fn.patch_drop_rate: validation drops no tokens; set 0.0")
         if not data["loader"][split]["collate_fn"]["remove_background"]:
             raise ConfigError(f"data.loader.{split}.collate_fn.remove_background: only true is supported "
                               f"(as in NeuroVFM's collator)")
