@@ -2,8 +2,9 @@
 
 * Device/precision: ``infra.num_gpus`` > 0 with CUDA runs on the GPU under ``precision`` (``bf16-mixed``,
   ``16-mixed`` with a grad scaler, ``32``); without CUDA, or with ``num_gpus: 0``, the run is CPU + fp32 and one
-  warning line says what was asked and what runs. Several GPUs / nodes: launch with ``torchrun`` (or ``srun``
-  + ``torchrun`` on SLURM), as the rest of the project; each rank takes its share of the batches and gradients
+  warning line says what was asked and what runs. Several GPUs / nodes: launch with ``torchrun``, or ``srun``
+  (one task per GPU; ``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NTASKS`` become torch's ranks, ``MASTER_ADDR``/
+  ``MASTER_PORT`` exported by the user), as the rest of the project; each rank takes its share of the batches and gradients
   are all-reduced (the EMA teacher then stays identical on every rank); rank 0 writes logs and checkpoints.
 * Outputs (NeuroVFM's layout): ``exp_root/tb/`` (TensorBoard), ``exp_root/csv/metrics.csv`` (long format: step,
   epoch, metric, value; a resumed run appends, and re-run steps repeat, so read the last row per step/metric),
@@ -40,6 +41,12 @@ log = logging.getLogger("patches.neuro.train")
 def resolve_device(cfg: dict) -> tuple[torch.device, str, int, int]:
     """(device, precision, rank, world size), with the one CPU-fallback warning."""
     infra, prec = cfg["infra"], cfg["training"]["trainer_params"]["precision"]
+    env = os.environ
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1:  # `srun python -m patches.neuro.train ...`
+        if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+            raise ConfigError("infra.num_nodes: under srun without torchrun export MASTER_ADDR (the first node) and "
+                              "MASTER_PORT, or launch torchrun inside srun")
+        env.update(RANK=env["SLURM_PROCID"], LOCAL_RANK=env.get("SLURM_LOCALID", "0"), WORLD_SIZE=env["SLURM_NTASKS"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if infra["num_gpus"] * infra["num_nodes"] > 1 and world == 1 and torch.cuda.is_available():
