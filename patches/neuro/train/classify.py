@@ -110,8 +110,13 @@ def metrics(which: str, logits: np.ndarray, labels: np.ndarray, names: list[str]
 
 
 class ClassificationSystem(nn.Module):
-    monitor_metrics = ("val/loss_epoch", "train/loss_epoch", "val/auc_epoch", "val/bacc_epoch", "val/f1_epoch",
-                       "val/mae_epoch", "val/pearson_epoch")
+    CLASS_METRICS = ("val/auc_epoch", "val/bacc_epoch", "val/f1_epoch")
+    REGRESSION_METRICS = ("val/mae_epoch", "val/pearson_epoch")
+
+    @property
+    def monitor_metrics(self) -> tuple:
+        extra = self.REGRESSION_METRICS if self.loss_which in ("mse", "mae", "rmse") else self.CLASS_METRICS
+        return ("val/loss_epoch", "train/loss_epoch") + extra
 
     def __init__(self, encoder_name: str, overrides: dict, params: dict, label_names: list[str], *, seed: int,
                  patch_drop_rate: float):
