@@ -248,3 +248,19 @@ def test_project_example_configs_run(name, pretrained, neuro_studies, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     assert main(["-c", str(path)]) == 0
     assert (tmp_path / name / "models" / "last.ckpt").exists()
+
+
+def test_brain3d_vit_variant_pretrains_and_loads_into_the_vlm_encoder(neuro_studies, tmp_path):
+    from internvl.model.vision.base import create_vision_model
+
+    root = tmp_path / "b3d"
+    path = tiny_config("pretraining", neuro_studies, root, epochs=1)
+    cfg = yaml.safe_load(path.read_text())
+    enc = {"volume_shape": [16, 32, 32], "patch_size": [4, 8, 8], "preprocess": {"target_spacing": [2, 1.5, 1.5]}}
+    cfg["system"]["params"]["vision_backbone_cf"] = {"which": "brain3d_vit_tiny", "params": enc}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["-c", str(path)]) == 0
+    ckpt = str(root / "models" / "last.ckpt")
+    vlm_encoder = create_vision_model("brain3d_vit_tiny", **enc, pretrained=ckpt, remove_prefix="student_encoder.")
+    tensors, _ = read_checkpoint(ckpt)
+    assert all(torch.equal(v, tensors["student_encoder." + k]) for k, v in vlm_encoder.state_dict().items())

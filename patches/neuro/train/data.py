@@ -14,8 +14,8 @@ study's modality; a CT series whose path (below the study folder) names a window
   classification: every window as its own series of the study bag), spatial augmentation / foreground-keeping
   random crop to ``max_crop_size`` tokens (``augment`` / ``random_crop``; centre crop of the foreground box
   otherwise), intensity augmentation on [0, 1] (``enable_aug``), z-score with NeuroVFM's per-view statistics
-  (``normalization_stats_list``), noise after it. Every random choice is seeded by ``(seed, epoch, unit, series)``:
-  identical across workers, runs and resumes.
+  (``normalization_stats_list``), noise after it, then a centre crop to whole tokens. Every random choice is
+  seeded by ``(seed, epoch, unit, series)``: identical across workers, runs and resumes.
 * ``batches(n_units, loader_cfg, seed, epoch, rank, world)``: seeded order, ``batch_size``, ``drop_last``, and a
   rank's share for multi-GPU.
 """
@@ -155,6 +155,7 @@ class StudyData(torch.utils.data.Dataset):
         self.cache = VolumeCache(data["cache_dir"]) if data["cache_dir"] else None
         self.encoder_config = encoder_config
         token = getattr(encoder_config, "token_size", None) or encoder_config.patch_size
+        self.token = tuple(token)
         crop = self.params["max_crop_size"]
         self.crop_voxels = tuple(t * s for t, s in zip(crop, token)) if crop else None
         aug = dict(data["augment"])
@@ -226,6 +227,7 @@ class StudyData(torch.utils.data.Dataset):
             img = (img - mean) / std
             if self.enable_aug:
                 img = self.augmenter.noise(img, [*seed, k, 5])
+            img, m = _whole_tokens(img, m, self.token)  # what neurovfm_tokens would crop anyway; brain3d_vit needs it
             out.append(torch.cat([img.float(), m[None].float()], 0))
         return out
 
@@ -240,6 +242,13 @@ def _centre_crop(img: torch.Tensor, mask: torch.Tensor, size) -> tuple[torch.Ten
         centre = (int(lo[a]) + int(hi[a])) // 2
         start = max(0, min(centre - n // 2, mask.shape[a] - n))
         sl.append(slice(start, start + n))
+    return img[:, sl[0], sl[1], sl[2]], mask[sl[0], sl[1], sl[2]]
+
+
+def _whole_tokens(img: torch.Tensor, mask: torch.Tensor, token) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre-crop each axis to a whole number of tokens (crops and permutations leave any size)."""
+    sl = [slice((n - n // t * t) // 2, (n - n // t * t) // 2 + n // t * t) if n >= t else slice(0, n)
+          for n, t in zip(mask.shape, token)]
     return img[:, sl[0], sl[1], sl[2]], mask[sl[0], sl[1], sl[2]]
 
 
