@@ -264,3 +264,22 @@ def test_brain3d_vit_variant_pretrains_and_loads_into_the_vlm_encoder(neuro_stud
     vlm_encoder = create_vision_model("brain3d_vit_tiny", **enc, pretrained=ckpt, remove_prefix="student_encoder.")
     tensors, _ = read_checkpoint(ckpt)
     assert all(torch.equal(v, tensors["student_encoder." + k]) for k, v in vlm_encoder.state_dict().items())
+
+
+def test_bad_studies_stop_with_one_error_line(neuro_studies, tmp_path, capsys):
+    import shutil
+
+    from patches.neuro.synthetic import phantom, save_nifti
+
+    studies = tmp_path / "data"
+    shutil.copytree(neuro_studies, studies, ignore=shutil.ignore_patterns("cache"))
+    tiny = studies / "studies" / "study_0000"
+    shutil.rmtree(tiny)
+    save_nifti(phantom((6, 6, 6)), str(tiny / "t1.nii.gz"))  # smaller than one 2 x 8 x 8 token after resampling
+    assert main(["-c", str(tiny_config("pretraining", studies, tmp_path / "run", epochs=1))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: studies [") and "study_0000" in err and "smaller than one token" in err
+    (studies / "studies" / "study_0001" / "t1.nii.gz").write_bytes(b"not a nifti")
+    assert main(["-c", str(tiny_config("pretraining", studies, tmp_path / "run2", epochs=1))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "study_0001/t1.nii.gz" in err

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from patches.neuro.encoders.pretrained import PretrainedLoadError, load_backbone
 from patches.neuro.train import config as C
 from patches.neuro.train.checkpoint import restore, save_checkpoint
-from patches.neuro.train.data import StudyData, batches, discover, prefill, read_labels
+from patches.neuro.train.data import DataError, StudyData, batches, discover, prefill, read_labels
 from patches.neuro.train.optim import build_optimizer, build_scheduler
 from patches.neuro.train.plots import plot_metrics
 from patches.neuro.train.schema import ConfigError
@@ -211,7 +212,8 @@ def run(cfg: dict) -> int:
             loader = torch.utils.data.DataLoader(batch_sampler=bl, **loaders["train"])
             for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0, leave=False)):
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss, logs = system.training_step(batch, step)
+                    with _names_studies(batch):
+                        loss, logs = system.training_step(batch, step)
                 scaler.scale(loss / accum).backward()
                 losses.append(logs["train/loss"])
                 if (i + 1) % accum and i + 1 != len(bl):
@@ -236,7 +238,8 @@ def run(cfg: dict) -> int:
             vl = batches(len(sets["val"]), data["loader"]["val"], seed, epoch, train=False)
             with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 for j, batch in enumerate(torch.utils.data.DataLoader(batch_sampler=vl, **loaders["val"])):
-                    system.validation_step(batch, j)
+                    with _names_studies(batch):
+                        system.validation_step(batch, j)
             metrics.update(system.validation_end())
             if infra["log_gpu"] and device.type == "cuda":
                 metrics["gpu/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
@@ -255,6 +258,18 @@ def run(cfg: dict) -> int:
     finally:
         logger.close()
     return 0
+
+
+@contextlib.contextmanager
+def _names_studies(batch):
+    """An encoder's refusal of an item (e.g. a volume smaller than one token) becomes a data error naming the
+    batch's studies (exit 2) instead of a traceback."""
+    try:
+        yield
+    except (ConfigError, DataError):
+        raise
+    except ValueError as exc:
+        raise DataError(f"studies {sorted({u['study'] for u in batch})}: {exc}") from None
 
 
 def _checkpoints(models, system, opt, state, monitor, mode, metrics, epoch, every) -> None:
