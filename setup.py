@@ -48,6 +48,7 @@ setup(
         "pydicom>=3",
         "pandas",
         "pyyaml",
+        "monai>=1.4",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout"],

@@ -8,6 +8,10 @@ Importing this package registers (the core finds it through the ``internvl.plugi
 * projectors ``spatial_pool_mlp``, ``volume_perceiver``, ``qformer``                               -> ``projectors``
 * eval tasks ``neuro_classification``, ``neuro_regression``                                -> ``tasks``
 
+Not imported on plugin load: ``patches.neuro.train`` (``python -m patches.neuro.train -c CONFIG.yaml``, NeuroVFM-
+style JEPA pretraining and study classification of these encoders) and ``patches.neuro.augment`` (MONAI volume
+augmentations, also used by the ``volume`` reader for ``data_augment`` datasets).
+
 The reusable volume I/O (``read_volume``, ``Volume``, ``VolumePreprocessor``, ``PreprocessConfig``,
 ``VolumeCache``, ``prepared_volume``) lives in ``volume_io``, ``preprocess`` and ``cache``; see their docstrings.
 """

@@ -47,7 +47,8 @@ ORIENTATIONS = ("RAS", "LPI", "PSR", "LAS")
 VISION_OVERRIDES = {"preprocess": {"target_spacing": [1.5, 1.5, 1.5]}}
 
 
-def _case(rng: random.Random, idx: int, split: str, folder: str) -> dict:
+def _case(rng: random.Random, idx: int, split: str, folder: str, rel_dir: str | None = None) -> dict:
+    """One phantom case written under ``folder`` (``volumes/<split>/NNNN...``, or ``<rel_dir>/{t1.nii.gz,ct/}``)."""
     lesion = SIDE_CLASSES[idx % 3]
     shape = (rng.randint(34, 42), rng.randint(38, 46), rng.randint(30, 38))
     spacing = tuple(round(rng.uniform(1.0, 1.4), 2) for _ in range(3))
@@ -57,11 +58,11 @@ def _case(rng: random.Random, idx: int, split: str, folder: str) -> dict:
                   seed=seed, lesion_radius=rng.uniform(0.25, 0.35))
     name = f"{idx:04d}"
     if is_ct:
-        rel = f"volumes/{split}/{name}_ct"
+        rel = f"{rel_dir}/ct" if rel_dir else f"volumes/{split}/{name}_ct"
         write_dicom_series(np.rint(arr), os.path.join(folder, rel), spacing=spacing, seed=seed)
         ref = {"path": rel, "modality": "ct", "ct_windows": ["brain"]}
     else:
-        rel = f"volumes/{split}/{name}.nii.gz"
+        rel = f"{rel_dir}/t1.nii.gz" if rel_dir else f"volumes/{split}/{name}.nii.gz"
         save_nifti(arr, os.path.join(folder, rel), spacing=spacing, axcodes=rng.choice(ORIENTATIONS))
         ref = rel
     return {"name": name, "ref": ref, "lesion": lesion, "modality": "ct" if is_ct else "mri"}

@@ -9,6 +9,9 @@ this module turns the S token sets into one study representation:
 * ``mode="bag"``: all tokens of all series form one bag (ragged counts allowed, e.g. neurovfm_tokens after
   background removal); ``heads`` gated-attention branches each pool the bag to one vector: ``-> [heads, D]``.
   ``heads=1`` is NeuroVFM's AB-MIL study embedding.
+
+``gated=False`` drops the sigmoid gate (plain tanh attention, Ilse et al.'s non-gated variant); the training
+poolers (``patches.neuro.train.poolers``) reuse this module for ``use_gating``.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from torch import nn
 
 
 class GatedAttentionMIL(nn.Module):
-    def __init__(self, dim: int, hidden: int = 128, heads: int = 1, mode: str = "grid"):
+    def __init__(self, dim: int, hidden: int = 128, heads: int = 1, mode: str = "grid", gated: bool = True):
         super().__init__()
         if mode not in ("grid", "bag"):
             raise ValueError(f"MIL mode must be 'grid' or 'bag', got {mode!r}")
@@ -25,11 +28,12 @@ class GatedAttentionMIL(nn.Module):
             raise ValueError("grid-mode MIL pools per position with one attention branch (mil_heads=1)")
         self.mode, self.heads = mode, heads
         self.attn_v = nn.Linear(dim, hidden)
-        self.attn_u = nn.Linear(dim, hidden)
+        self.attn_u = nn.Linear(dim, hidden) if gated else None
         self.attn_w = nn.Linear(hidden, heads)
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
-        return self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h)))
+        a = torch.tanh(self.attn_v(h))
+        return self.attn_w(a * torch.sigmoid(self.attn_u(h)) if self.attn_u is not None else a)
 
     def forward(self, series_tokens):
         """``grid``: ``[N, S, T, D] -> [N, T, D]``. ``bag``: one study as ``list[Tensor [T_s, D]]`` -> ``[heads, D]``."""

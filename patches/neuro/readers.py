@@ -20,6 +20,12 @@ Items are ``[C, D, H, W]`` (``fmri``: ``[C, T, D, H, W]``) float tensors. Prepro
 the uint8 cache. Encoders that remove background tokens (``append_foreground_mask=True`` in their config) get
 the foreground mask as an extra last channel.
 
+Augmentation: with ``is_train`` (the core passes it for meta-JSON entries with ``data_augment: true``) volume
+items get ``patches.neuro.augment`` (MONAI flips, in-plane axis permutation when it keeps the shape, gamma,
+brightness/contrast, noise after the z-score); ``volume_augment: {...}`` in the entry overrides its
+``AugmentConfig`` fields (e.g. ``{"flip_axes": [0, 1]}`` for left/right questions, whose answer a W flip changes).
+Off otherwise and always at evaluation.
+
 Aliases: other row keys for the same reader go in ``VOLUME_KIND_ALIASES`` below (one place; e.g. Brainfound's
 ``meditk`` if that plugin wants this reader rather than its own).
 """
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 
 from internvl.media.base import MediaError, MediaReader, register_media_reader
+from patches.neuro.augment import AugmentConfig, VolumeAugmenter
 from patches.neuro.cache import VolumeCache, prepared_volume
 from patches.neuro.preprocess import PreprocessConfig, VolumePreprocessor
 
@@ -91,6 +98,16 @@ class VolumeReader(MediaReader):
             raise ValueError(f"study_mode must be 'pool' or 'concat', got {self.study_mode!r}")
         if self.study_mode == "pool" and pooling == "none":
             raise ValueError("study_mode='pool' needs an encoder with study_pooling='grid' or 'bag'")
+        aug = dict(self.options.get("volume_augment") or {})
+        aug.setdefault("keep_shape", True)  # fixed-grid encoders (brain3d_vit) keep their token grid
+        self.augment_config = AugmentConfig.from_dict(aug)  # options checked now, MONAI built on first use
+        self._augmenter = None
+
+    @property
+    def augmenter(self) -> VolumeAugmenter:
+        if self._augmenter is None:
+            self._augmenter = VolumeAugmenter(self.augment_config)
+        return self._augmenter
 
     # --------------------------------------------------------------------------------------------- refs
     def _series(self, ref: Any) -> tuple[list[tuple[str, str | None, PreprocessConfig]], bool]:
@@ -121,15 +138,23 @@ class VolumeReader(MediaReader):
     def _load_one(self, path: str, uid: str | None, cfg: PreprocessConfig, train: bool) -> list[torch.Tensor]:
         pre = VolumePreprocessor(cfg)
         prep = prepared_volume(path, pre, cache=self.cache, ndim=self.ndim, series_uid=uid)
-        item = pre.finalize(prep.array, train=train, where=path)
+        array, mask = prep.array, prep.mask
+        augment = train and self.ndim == 3
+        if augment:  # seeds from torch's generator: the trainer seeds it (per worker), so runs repeat
+            seeds = torch.randint(0, 2 ** 31 - 1, (3,)).tolist()
+            img, m = self.augmenter.spatial(torch.from_numpy(array), torch.from_numpy(mask), seeds[0])
+            array, mask = self.augmenter.intensity(img, seeds[1]).numpy(), m.numpy()
+        item = pre.finalize(array, train=train, where=path)
+        if augment:
+            item = self.augmenter.noise(item, seeds[2])
         series = list(item) if _splits_windows(cfg) else [item]
         if series[0].shape[0] != self.in_channels:
             raise MediaError(f"{path}: preprocessing {dict(modality=cfg.modality, window_mode=cfg.window_mode)} gives "
                              f"{series[0].shape[0]} channel(s); the encoder reads {self.in_channels}")
         if self.append_mask:
-            if not prep.mask.any():
+            if not mask.any():
                 raise MediaError(f"{path}: no foreground voxels (mask empty); nothing for the encoder to read")
-            m = torch.from_numpy(prep.mask.astype(np.float32))
+            m = torch.from_numpy(np.asarray(mask, dtype=np.float32))
             series = [torch.cat([s, m.expand(1, *s.shape[1:-3], *m.shape)], 0) for s in series]
         return series
 

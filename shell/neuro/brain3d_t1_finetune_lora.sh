@@ -2,7 +2,11 @@
 # BrainVLM-style 3D T1 fine-tuning: an InternVL chat checkpoint keeps its LLM (LoRA rank 16, base frozen) and gets a
 # new vision side: brain3d_vit (3D ViT-B, Conv3d patch embedding, 128^3 volume at 1.5 mm, 16^3 patches -> 512
 # tokens) and a BLIP-2 Q-Former with 32 learned queries (BrainVLM's adapter) -> 32 <IMG_CONTEXT> tokens per volume.
-# Encoder and Q-Former start untrained and are trained fully.
+# The normal start is a pretrained encoder: JEPA-pretrain brain3d_vit (or classify) with `python -m patches.neuro.train
+# -c CONFIG.yaml` (patches/neuro/README.md, "Training the encoders") and pass its checkpoint as PRETRAINED (backbone
+# under REMOVE_PREFIX, default teacher_encoder.; student_encoder. or backbone. for a classifier); it loads strictly
+# (a key or shape mismatch stops the run naming the file). Without PRETRAINED the encoder starts untrained.
+# The Q-Former starts untrained; both are trained fully.
 #
 #   sh shell/neuro/brain3d_t1_finetune_lora.sh [extra finetune flags]
 #   MODEL=pretrained/InternVL2_5-1B META_PATH=my_meta.json GPUS=8 sh shell/neuro/brain3d_t1_finetune_lora.sh
@@ -19,7 +23,13 @@ OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/neuro/brain3d_t1_lora}
 MODEL=${MODEL:-pretrained/InternVL2_5-1B}
 META_PATH=${META_PATH:-shell/neuro/data/brain3d_t1_example.json}
 VISION_MODEL=${VISION_MODEL:-brain3d_vit}
-VISION_OVERRIDES=${VISION_OVERRIDES:-'{"volume_shape": [128, 128, 128], "patch_size": [16, 16, 16], "preprocess": {"modality": "mri", "target_spacing": [1.5, 1.5, 1.5]}}'}
+PRETRAINED=${PRETRAINED:-}
+REMOVE_PREFIX=${REMOVE_PREFIX:-teacher_encoder.}
+BACKBONE='"volume_shape": [128, 128, 128], "patch_size": [16, 16, 16], "preprocess": {"modality": "mri", "target_spacing": [1.5, 1.5, 1.5]}'
+if [ -n "$PRETRAINED" ]; then
+    BACKBONE="$BACKBONE, \"pretrained\": \"$PRETRAINED\", \"remove_prefix\": \"$REMOVE_PREFIX\""
+fi
+VISION_OVERRIDES=${VISION_OVERRIDES:-"{$BACKBONE}"}
 PROJECTOR=${PROJECTOR:-qformer}
 PROJECTOR_CONFIG=${PROJECTOR_CONFIG:-'{"num_queries": 32, "hidden_size": 768, "num_layers": 12, "num_heads": 12}'}
 . "$(dirname "$0")/../common.sh"

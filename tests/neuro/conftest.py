@@ -25,3 +25,11 @@ def chat_config(vision_config, projector: str = "mlp", projector_config: dict | 
 @pytest.fixture
 def make_chat_config():
     return chat_config
+
+
+@pytest.fixture(scope="session")
+def neuro_studies(tmp_path_factory) -> Path:
+    """Synthetic studies in NeuroVFM's layout (6 train + 3 val, from the demo generator; a few seconds)."""
+    from patches.neuro.train.demo_data import build
+
+    return Path(build(str(tmp_path_factory.mktemp("neuro_studies") / "demo"), n_train=6, n_val=3, seed=1))

@@ -80,3 +80,15 @@ def test_damaged_entry_is_reported(tmp_path):
         fh.truncate(40)
     with pytest.raises(VolumeError, match="unreadable volume-cache entry"):
         prepared_volume(path, pre, cache=cache)
+
+
+def test_dequantize_single_allocation_matches_the_formula():
+    from patches.neuro.cache import dequantize, quantize
+
+    a = np.random.default_rng(3).normal(size=(3, 6, 7, 5)).astype(np.float32)
+    q, off, sc = quantize(a)
+    out = dequantize(q, off, sc)
+    ref = q.astype(np.float64) * sc.reshape(-1, 1, 1, 1) + off.reshape(-1, 1, 1, 1)
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == a.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    assert np.abs(out - a).max() <= sc.max() / 2 + 1e-6  # within half a quantisation step

@@ -31,8 +31,9 @@ def test_single_volume_item_and_token_count(vols, make_chat_config, tmp_path):
     enc = create_vision_model("brain3d_vit_tiny", preprocess={"target_spacing": [1.5, 1.5, 1.5]})
     cfg = make_chat_config(enc.config, "spatial_pool_mlp")
     reader = VolumeReader(cfg, {"volume_cache_dir": str(tmp_path / "cache")})
-    items = reader.load(vols["t1"], is_train=True)
+    items = reader.load(vols["t1"])
     assert len(items) == 1 and items[0].shape == (1, 32, 32, 32) and items[0].dtype == torch.float32
+    assert reader.load(vols["t1"], is_train=True)[0].shape == (1, 32, 32, 32)  # augmented (data_augment), same grid
     assert cfg.num_context_tokens(items[0]) == 8  # 4^3 grid pooled by 2
     again = reader.load(vols["t1"])  # from the cache
     torch.testing.assert_close(again[0], items[0])

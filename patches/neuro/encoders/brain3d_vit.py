@@ -15,6 +15,11 @@ Sizes that the patch does not divide are handled as ``remainder`` says, never si
 learned for the configured grid (initialised with 3D sin-cos codes, ``pos_embed_init``) and trilinearly
 interpolated when an item's grid differs.
 
+JEPA pretraining / classification (``patches.neuro.train``) use the 3D variant through ``grid_tokens`` (an item
+``[C + 1, D, H, W]`` whose last channel is the foreground mask -> embedded grid tokens, coordinates, foreground
+flags) and ``transform`` (the blocks on token subsets); ``pretrained`` + ``remove_prefix`` load such a checkpoint
+strictly at construction (``patches.neuro.encoders.pretrained``).
+
 Registered: ``brain3d_vit`` (ViT-B, 128^3 / 16^3), ``brain3d_vit_tiny`` (32^3 / 8^3, 64-d, 2 layers),
 ``brain3d_vit_4d`` (96^3 x 20 / 16^3 x 5), ``brain3d_vit_4d_tiny`` (16^3 x 4 / 8^3 x 2).
 """
@@ -32,6 +37,7 @@ from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, register_vision_model
 from patches.neuro.encoders.common import config_kwargs_with_preset, grid_coords, sincos_embedding
+from patches.neuro.encoders.pretrained import load_backbone
 from patches.neuro.mil import GatedAttentionMIL
 
 
@@ -45,7 +51,8 @@ class Brain3DViTConfig(PretrainedConfig):
     def __init__(self, in_channels=1, volume_shape=(128, 128, 128), patch_size=(16, 16, 16), num_frames=None,
                  frame_patch=None, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True,
                  drop_path_rate=0.0, remainder="error", use_cls_token=False, study_pooling="none", mil_heads=1,
-                 mil_hidden=128, pos_embed_init="sincos", input_kinds=None, preprocess=None, **kwargs):
+                 mil_hidden=128, pos_embed_init="sincos", input_kinds=None, preprocess=None, pretrained=None,
+                 remove_prefix="", **kwargs):
         self.in_channels = int(in_channels)
         self.volume_shape = _triple(volume_shape)
         self.patch_size = _triple(patch_size)
@@ -67,6 +74,7 @@ class Brain3DViTConfig(PretrainedConfig):
         self.study_pooling, self.mil_heads, self.mil_hidden = study_pooling, int(mil_heads), int(mil_hidden)
         self.input_kinds = tuple(input_kinds or (("fmri",) if self.num_frames else ("volume",)))
         self.preprocess = dict(preprocess or {})
+        self.pretrained, self.remove_prefix = pretrained, str(remove_prefix or "")
         super().__init__(**kwargs)
         self.token_grid(self.num_frames, self.volume_shape)  # validates the configured sizes now
 
@@ -100,6 +108,7 @@ class Brain3DViTConfig(PretrainedConfig):
 
 
 class Brain3DViT(VisionEncoder):
+    machine_local_keys = ("pretrained", "remove_prefix")  # paths on this machine: not saved in VLM checkpoints
     config_class = Brain3DViTConfig
 
     def __init__(self, config: Brain3DViTConfig):
@@ -125,6 +134,8 @@ class Brain3DViT(VisionEncoder):
                     if c.study_pooling != "none" else None)
         self.gradient_checkpointing = False
         self.post_init()
+        if c.pretrained:
+            load_backbone(self, c.pretrained, c.remove_prefix)
 
     def _init_positions(self, spatial) -> None:
         """Learnable position embeddings, initialised with 3D (and 1D time) sin-cos codes by default (MAE-style):
@@ -238,6 +249,30 @@ class Brain3DViT(VisionEncoder):
             else:
                 tok = blk(tok)
         return self.norm(tok)
+
+    # ----------------------------------------------------------------------------------------- training
+    def grid_tokens(self, item: torch.Tensor):
+        """One 3D item ``[C + 1, D, H, W]`` (last channel: foreground mask) -> (embedded grid tokens ``[T, E]``,
+        coords ``[T, 3]``, foreground ``[T]`` (any foreground voxel in the patch), grid)."""
+        c = self.config
+        if c.is_4d or c.use_cls_token:
+            raise ValueError("brain3d_vit: JEPA/classification training supports the 3D variant without a CLS token")
+        x = self._fit(item[None])
+        tok = self._embed(x[:, :-1].to(self.patch_embed.weight.dtype))[0]
+        grid = c.token_grid(None, x.shape[-3:])
+        pd, ph, pw = c.patch_size
+        fg = F.max_pool3d(x[:, -1:].float(), kernel_size=(pd, ph, pw)).flatten() > 0.5
+        return tok, grid_coords(*grid).to(tok.device), fg, grid
+
+    def transform(self, toks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The blocks on embedded token subsets, item by item -> ``list[[T_i, E]]``."""
+        out = []
+        for t in toks:
+            x = t[None]
+            for blk in self.blocks:
+                x = checkpoint(blk, x, use_reentrant=False) if self.gradient_checkpointing and self.training else blk(x)
+            out.append(self.norm(x)[0])
+        return out
 
     def forward(self, pixel_values):
         nd = self._item_ndim(self.config)

@@ -18,6 +18,12 @@ the ragged token sets (varlen attention). The ViT-B width 768 is 738 patch-embed
 * a study item ``[S, C + 1, D, H, W]`` (series padded to a common grid with background) is pooled by
   ``study_pooling="bag"`` attention-MIL to ``mil_heads`` tokens.
 
+Training (``patches.neuro.train``) uses the same module as its JEPA context/target encoder and classification
+backbone through ``grid_tokens`` (every grid token embedded, with coordinates and foreground flags) and
+``transform`` (the transformer on chosen token subsets), so its weights load here with no conversion:
+``pretrained`` (+ ``remove_prefix``) in the config loads such a checkpoint strictly at construction
+(``patches.neuro.encoders.pretrained``).
+
 Registered: ``neurovfm_tokens`` (ViT-B, 4x16x16 tokens, 1x1x4 mm) and ``neurovfm_tokens_tiny`` (2x8x8 tokens,
 48-d, 2 layers) for tests and demos.
 """
@@ -34,6 +40,7 @@ from transformers import PretrainedConfig
 
 from internvl.model.vision.base import VisionEncoder, register_vision_model
 from patches.neuro.encoders.common import config_kwargs_with_preset, sincos_embedding
+from patches.neuro.encoders.pretrained import load_backbone
 from patches.neuro.mil import GatedAttentionMIL
 
 
@@ -42,7 +49,8 @@ class NeuroVFMTokensConfig(PretrainedConfig):
 
     def __init__(self, in_channels=1, token_size=(4, 16, 16), hidden_size=768, pe_dim=30, depth=12, num_heads=12,
                  mlp_ratio=4.0, background_rule="any", remainder="crop", volume_shape=None, study_pooling="none",
-                 mil_heads=1, mil_hidden=128, preprocess=None, input_kinds=("volume",), **kwargs):
+                 mil_heads=1, mil_hidden=128, preprocess=None, input_kinds=("volume",), pretrained=None,
+                 remove_prefix="", **kwargs):
         self.in_channels = int(in_channels)
         self.token_size = tuple(int(t) for t in token_size)
         self.hidden_size, self.pe_dim, self.depth, self.num_heads = int(hidden_size), int(pe_dim), int(depth), int(num_heads)
@@ -61,6 +69,7 @@ class NeuroVFMTokensConfig(PretrainedConfig):
         self.study_pooling, self.mil_heads, self.mil_hidden = study_pooling, int(mil_heads), int(mil_hidden)
         self.preprocess = dict(preprocess if preprocess is not None else {"target_spacing": [4.0, 1.0, 1.0]})
         self.input_kinds = tuple(input_kinds)
+        self.pretrained, self.remove_prefix = pretrained, str(remove_prefix or "")
         self.append_foreground_mask = True
         kwargs.pop("append_foreground_mask", None)
         super().__init__(**kwargs)
@@ -85,6 +94,12 @@ def token_layout(config: NeuroVFMTokensConfig, item: torch.Tensor):
     fg = blocks[:, -1] > 0.5
     keep = fg.all(dim=1) if config.background_rule == "any" else fg.any(dim=1)
     return blocks[:, :-1].reshape(gd * gh * gw, -1), keep, (gd, gh, gw)
+
+
+def token_coords(idx: torch.Tensor, grid) -> torch.Tensor:
+    """(z, y, x) token indices ``[T, 3]`` of flat row-major grid indices ``idx``."""
+    gh, gw = grid[1], grid[2]
+    return torch.stack([idx // (gh * gw), (idx // gw) % gh, idx % gw], dim=1)
 
 
 class VarlenAttention(nn.Module):
@@ -117,6 +132,7 @@ class VarlenBlock(nn.Module):
 
 
 class NeuroVFMTokens(VisionEncoder):
+    machine_local_keys = ("pretrained", "remove_prefix")  # paths on this machine: not saved in VLM checkpoints
     config_class = NeuroVFMTokensConfig
 
     def __init__(self, config: NeuroVFMTokensConfig):
@@ -128,6 +144,8 @@ class NeuroVFMTokens(VisionEncoder):
         self.mil = GatedAttentionMIL(c.hidden_size, c.mil_hidden, c.mil_heads, "bag") if c.study_pooling == "bag" else None
         self.gradient_checkpointing = False
         self.post_init()
+        if c.pretrained:
+            load_backbone(self, c.pretrained, c.remove_prefix)
 
     def layer_list(self) -> nn.ModuleList:
         return self.blocks
@@ -166,18 +184,30 @@ class NeuroVFMTokens(VisionEncoder):
     def lora_target_modules(self) -> list[str]:
         return ["qkv", "proj", "fc1", "fc2"]
 
+    def embed(self, raw: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Raw-voxel tokens ``[T, C*prod(token)]`` at grid ``coords`` ``[T, 3]`` -> embeddings ``[T, hidden]``."""
+        emb = self.token_embed(raw.to(self.token_embed.weight.dtype))
+        return torch.cat([emb, sincos_embedding(coords, self.config.pe_dim).to(emb.dtype)], dim=1)
+
+    def grid_tokens(self, item: torch.Tensor):
+        """Every grid token of one item ``[C + 1, D, H, W]`` embedded: (``[n_grid, hidden]``, coords
+        ``[n_grid, 3]``, foreground ``[n_grid]`` bool, grid). Training picks context/target subsets from these."""
+        raw, keep, grid = token_layout(self.config, item)
+        coords = token_coords(torch.arange(raw.shape[0], device=raw.device), grid)
+        return self.embed(raw, coords), coords, keep, grid
+
     def _tokens(self, item: torch.Tensor) -> torch.Tensor:
         raw, keep, grid = token_layout(self.config, item)
         if not keep.any():
             raise ValueError(f"neurovfm_tokens: item {tuple(item.shape)} has no foreground token")
         idx = keep.nonzero(as_tuple=True)[0]
-        gh, gw = grid[1], grid[2]
-        coords = torch.stack([idx // (gh * gw), (idx // gw) % gh, idx % gw], dim=1)
-        emb = self.token_embed(raw[idx].to(self.token_embed.weight.dtype))
-        return torch.cat([emb, sincos_embedding(coords, self.config.pe_dim).to(emb.dtype)], dim=1)
+        return self.embed(raw[idx], token_coords(idx, grid))
 
     def encode(self, items: list[torch.Tensor]) -> list[torch.Tensor]:
-        toks = [self._tokens(it) for it in items]
+        return self.transform([self._tokens(it) for it in items])
+
+    def transform(self, toks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The transformer on embedded token sets (packed, attention within each set) -> ``list[[T_i, hidden]]``."""
         lens = [t.shape[0] for t in toks]
         cu = [0] + list(torch.tensor(lens).cumsum(0).tolist())
         x = torch.cat(toks, dim=0)
