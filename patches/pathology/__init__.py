@@ -6,8 +6,9 @@ Importing this package registers, by name, everything the core looks up (the cor
   ``prov_gigapath``, ``virchow2_tiny`` (``encoders.py``) and ``slide_features`` (``slide_encoder.py``);
 * projectors (slide aggregators): ``perceiver_resampler`` and ``abmil`` (``aggregators.py``);
 * media kinds: ``features`` (cached feature files) and ``wsi`` (slides, via the feature cache) (``readers.py``);
-* eval tasks: ``tumour_grade`` and ``survival`` (``tasks.py``).
+* eval tasks: ``tumour_grade`` and ``survival`` (``tasks.py``);
+* the ``wsi`` media viewer for the web demo and the HTML report (``viewer.py``).
 
 Feature extraction CLI: ``python -m patches.pathology.extract``; synthetic demo data: ``patches.pathology.demo``.
 """
-from patches.pathology import aggregators, encoders, readers, slide_encoder, tasks  # noqa: F401  (registration)
+from patches.pathology import aggregators, encoders, readers, slide_encoder, tasks, viewer  # noqa: F401  (registration)
