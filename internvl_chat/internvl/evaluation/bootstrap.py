@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 N_RESAMPLES = 2000
+P_RESAMPLES = 9999  # sign flips for the p-value (exact when 2**n is smaller); resolution 1 / (P_RESAMPLES + 1)
 CONFIDENCE = 0.95
 _ALIASES = {"accuracy": "correct"}
 
@@ -112,7 +113,7 @@ def _sign_flip_p(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> f
     def mean_diff(x, y, axis=-1):
         return np.mean(y - x, axis=axis)
 
-    res = permutation_test((a, b), mean_diff, permutation_type="samples", n_resamples=n_resamples,
+    res = permutation_test((a, b), mean_diff, permutation_type="samples", n_resamples=P_RESAMPLES,
                            alternative="two-sided", random_state=np.random.default_rng(seed), vectorized=True)
     return float(res.pvalue)
 

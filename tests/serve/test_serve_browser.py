@@ -1,0 +1,103 @@
+"""The web demo in a real browser (headless Debian Chromium via selenium, one browser for the module): load the
+page, upload an image and ask (an answer appears), open the real-format fixture slide, a synthetic tissue slide and
+a synthetic volume from the data root and check that the viewer shows non-blank pixels, and ask about the slide
+and the volume. Skipped with the reason when Chromium is not installed. ``SCREENSHOT_DIR=DIR`` keeps the viewer
+screenshots (the README's images)."""
+from __future__ import annotations
+
+import pytest
+
+from chromium_driver import element_pixels, save_screenshot, shutdown, start_chromium
+from conftest import FIXTURE_SLIDE, non_blank
+
+WAIT = 120
+
+
+@pytest.fixture(scope="module")
+def page(demo_server, tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    driver = start_chromium(profile)
+    driver.get(demo_server["url"])
+    yield driver
+    shutdown(driver, profile)
+
+
+def _wait(driver, condition, what):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT, poll_frequency=0.5).until(condition, message=f"timed out waiting for {what}")
+
+
+def _viewer_info(driver) -> str:
+    return driver.find_element("css selector", "#viewer-info").text
+
+
+def _viewer_image(driver):
+    return driver.find_element("css selector", "#viewer img")
+
+
+def _open_server_path(driver, path: str, kind: str):
+    box = driver.find_element("css selector", "#server-path textarea, #server-path input")
+    box.clear()
+    box.send_keys(path)
+    driver.find_element("css selector", "#open-btn").click()
+    _wait(driver, lambda d: _viewer_info(d).startswith(kind) and path.split("/")[-1] in
+          _viewer_image(d).get_attribute("src") + _viewer_info(d) or _viewer_info(d).startswith(kind),
+          f"the {kind} viewer")
+    _wait(driver, lambda d: _viewer_image(d).get_attribute("naturalWidth") not in (None, "0"), "the rendered view")
+
+
+def _ask(driver, question: str) -> str:
+    bots_before = len(driver.find_elements("css selector", "#chat .message-row.bot-row, #chat .bot"))
+    box = driver.find_element("css selector", "#question textarea, #question input")
+    box.send_keys(question)
+    driver.find_element("css selector", "#ask-btn").click()
+
+    def answered(d):
+        bots = d.find_elements("css selector", "#chat .message-row.bot-row, #chat .bot")
+        return len(bots) > bots_before and bots[-1].text.strip() and not d.find_elements(
+            "css selector", "#chat .pending, .progress-text")
+
+    _wait(driver, answered, "an answer in the chat")
+    return driver.find_elements("css selector", "#chat .message-row.bot-row, #chat .bot")[-1].text
+
+
+def test_upload_image_and_ask(page, demo_server):
+    page.find_element("css selector", "#upload input[type=file]").send_keys(str(demo_server["root"] / "red_disc.png"))
+    _wait(page, lambda d: _viewer_info(d).startswith("image"), "the uploaded image in the viewer")
+    _wait(page, lambda d: _viewer_image(d).get_attribute("naturalWidth") not in (None, "0"), "the rendered view")
+    viewer = page.find_element("css selector", "#viewer")
+    assert non_blank(element_pixels(viewer))
+    save_screenshot(viewer, "viewer_image.png")
+    assert _ask(page, "What colour is the disc?").strip()
+
+
+@pytest.mark.skipif(not FIXTURE_SLIDE.is_file(), reason=f"fixture slide {FIXTURE_SLIDE} absent (no ../shared)")
+def test_fixture_slide_viewer(page):
+    _open_server_path(page, "fixture_boxes.tiff", "wsi")
+    viewer = page.find_element("css selector", "#viewer")
+    pixels = element_pixels(viewer)
+    assert non_blank(pixels)
+    assert "Deep Zoom levels" in _viewer_info(page)
+
+
+def test_synthetic_slide_viewer_and_ask(page):
+    _open_server_path(page, "synthetic_slide.tiff", "wsi")
+    info = _viewer_info(page)
+    assert "tissue tiles" in info, info
+    viewer = page.find_element("css selector", "#viewer")
+    pixels = element_pixels(viewer)
+    assert non_blank(pixels)
+    green = (pixels[..., 1] > 150) & (pixels[..., 0] < 80) & (pixels[..., 2] < 80)
+    assert green.sum() > 50, "the tissue grid overlay is not drawn"
+    save_screenshot(viewer, "viewer_slide.png")
+    assert _ask(page, "What grade is this tumour?").strip()
+
+
+def test_volume_viewer_and_ask(page):
+    _open_server_path(page, "head_ct.nii.gz", "volume")
+    viewer = page.find_element("css selector", "#viewer")
+    pixels = element_pixels(viewer)
+    assert non_blank(pixels)
+    save_screenshot(viewer, "viewer_volume.png")
+    assert _ask(page, "Is there a lesion?").strip()
