@@ -93,7 +93,7 @@ def paired_difference(a: Iterable[float], b: Iterable[float], *, n_resamples: in
         return out
     if np.all(d == d[0]):
         out["low"] = out["high"] = float(d[0])  # no resample can differ
-        out["p_value"] = 1.0 if d[0] == 0 else _sign_flip_p(a, b, n_resamples, seed)
+        out["p_value"] = 1.0 if d[0] == 0 else _sign_flip_p(a, b, seed)
         return out
 
     def mean_diff(x, y, axis=-1):
@@ -103,11 +103,11 @@ def paired_difference(a: Iterable[float], b: Iterable[float], *, n_resamples: in
     ci = bootstrap((a, b), mean_diff, paired=True, n_resamples=n_resamples, confidence_level=confidence,
                    method="percentile", random_state=rng, vectorized=True)
     out["low"], out["high"] = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
-    out["p_value"] = _sign_flip_p(a, b, n_resamples, seed)
+    out["p_value"] = _sign_flip_p(a, b, seed)
     return out
 
 
-def _sign_flip_p(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> float:
+def _sign_flip_p(a: np.ndarray, b: np.ndarray, seed: int) -> float:
     from scipy.stats import permutation_test
 
     def mean_diff(x, y, axis=-1):
