@@ -4,7 +4,8 @@ through one point, a slice position, and CT window presets.
 Volumes are read with ``volume_io.read_volume`` (NIfTI files, DICOM series folders; the same validation as the
 reader) and reoriented to RAS by axis permutation/flip (``nibabel.orientations``), so the slices look the same
 whatever the file's voxel order. Windows: the plugin's CT windows (``preprocess.CT_WINDOWS``: brain, blood,
-bone, as level -/+ width/2 in HU) and ``auto`` (0.5-99.5 percentiles, what MRI uses). 4D series show frame 0.
+bone, as level -/+ width/2 in HU) and ``auto`` (0.5-99.5 percentiles, what MRI uses); CT (air below -500 HU)
+opens in the brain window, anything else in ``auto``. 4D series show frame 0.
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ class VolumeViewer(MediaViewer):
     def close(self, handle) -> None:
         pass
 
+    def default_window(self, handle: dict) -> str:
+        """``brain`` for CT (values below -500 HU: air), else ``auto``."""
+        return "brain" if float(handle["data"].min()) < -500 else AUTO
+
     def window(self, data: np.ndarray, name: str | None) -> tuple[float, float]:
         if name in CT_WINDOWS:
             return CT_WINDOWS[name]
@@ -64,7 +69,7 @@ class VolumeViewer(MediaViewer):
         from PIL import Image
 
         data = handle["data"]
-        lo, hi = self.window(data, state.window)
+        lo, hi = self.window(data, state.window or self.default_window(handle))
         pos = [min(n - 1, max(0, round(state.slice * (n - 1)))) for n in data.shape]
         views = [data[:, :, pos[2]], data[:, pos[1], :], data[pos[0], :, :]]  # axial, coronal, sagittal
         tiles = []
@@ -74,6 +79,8 @@ class VolumeViewer(MediaViewer):
         side = max(16, state.size // 3)
         out = Image.new("RGB", (side * 3, side), "black")
         for i, tile in enumerate(tiles):
-            tile.thumbnail((side, side))
+            scale = side / max(tile.size)  # up or down: small volumes fill their panel
+            tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))),
+                               Image.Resampling.BILINEAR)
             out.paste(tile, (i * side + (side - tile.width) // 2, (side - tile.height) // 2))
         return out

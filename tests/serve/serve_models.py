@@ -51,7 +51,7 @@ def synthetic_volume(path: Path) -> Path:
     """A 48^3 CT-like head at 1.5 mm: skull (bone HU), brain (35 HU) and a bright lesion on the left."""
     import nibabel as nib
 
-    z, y, x = np.mgrid[-1:1:48j, -1:1:48j, -1:1:48j]
+    x, y, z = np.mgrid[-1:1:48j, -1:1:48j, -1:1:48j]  # array axes i, j, k = x, y, z of the affine
     r = np.sqrt(x ** 2 + y ** 2 + z ** 2)
     vol = np.full(r.shape, -1000.0, np.float32)
     vol[r < 0.9] = 900.0

@@ -78,7 +78,7 @@ def build_app(engine: ChatEngine, allowed: AllowedPaths, title: str = "InternVL-
         try:
             path = allowed.resolve(path_text)
             viewer, handle = media.get(path)
-            window = viewer.window_presets[0] if viewer.window_presets else None
+            window = viewer.default_window(handle)
             image = viewer.render(handle, ViewState(window=window, size=VIEW_SIZE))
         except (PathRefused, ViewerError) as exc:
             raise _error(exc) from None

@@ -12,7 +12,8 @@ Contract (``MediaViewer``):
 * ``accepts(path) -> bool``: a cheap check that this viewer can show the file or folder (suffix, magic bytes).
 * ``open(path) -> handle``: raises ``ViewerError`` naming the file.
 * ``render(handle, state: ViewState) -> PIL.Image`` (RGB): the view for the demo's current controls.
-* ``info(handle) -> str``: one line about the media (size, levels, spacing ...).
+* ``info(handle) -> str``: one line about the media (size, levels, spacing ...); ``default_window(handle)``: the
+  preset a freshly opened view uses (default: the first of ``window_presets``, or ``None``).
 * ``close(handle)``; ``thumbnail(path, size)``: the default view scaled into ``size`` x ``size``.
 """
 from __future__ import annotations
@@ -64,6 +65,9 @@ class MediaViewer:
 
     def info(self, handle: Any) -> str:
         return ""
+
+    def default_window(self, handle: Any) -> str | None:
+        return self.window_presets[0] if self.window_presets else None
 
     def close(self, handle: Any) -> None:
         close = getattr(handle, "close", None)
