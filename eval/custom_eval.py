@@ -14,7 +14,10 @@ results.json (``schema_version`` 1)::
 
     model, data, settings{...}, generation{max_new_tokens, min_new_tokens, num_beams, do_sample[, temperature]}
     summary{n_rows, n_scored, n_skipped, n_resumed, generation_seconds, total_seconds}
-    metrics{by_task{TASK: {n, ...task metrics, plots[...]}}, by_dataset{DATASET: {TASK: {...}}}}
+    metrics{by_task{TASK: {n, ...task metrics, plots[...], not_computed{...}}}, by_dataset{DATASET: {TASK: {...}}}}
+    row_metrics{TASK: {METRIC: per-row field}}   (the metrics that are means over rows: intervals, compare)
+    report_metrics{NAME: "computed (...)" | "not computed: ..."}   (with --metrics)
+    html: "<out stem>.html"                       (unless --no-html)
     samples[{uid, id, dataset, source, line, task, question, reference, prediction, ...task score fields}]
     skipped[{uid, dataset, source, line, id, error}]
 
@@ -88,13 +91,11 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true")
     p.add_argument("--json", default=None, help="also write the comparison as JSON here")
     p.add_argument("--seed", type=int, default=0)
-    add_plugins_argument(p)
     return p
 
 
 def compare_main(argv: list[str]) -> int:
     args = compare_parser().parse_args(argv)
-    import_from_args(args)
     from internvl.evaluation.compare import CompareError, compare_runs, format_table, write_html
     from internvl.evaluation.runner import write_json_atomic
 

@@ -4,7 +4,9 @@ Only metrics that are a mean over rows are resampled (accuracy = mean of ``corre
 sentence BLEU, ROUGE-L, METEOR, BERTScore F1, ...). Which aggregate key is the mean of which per-row field comes
 from the task's ``row_metrics`` (``EvalTask``) and, for tasks that declare none, from the records themselves: a
 numeric per-row field whose mean equals the aggregate value of the same name (``correct`` for ``accuracy``).
-Corpus-level numbers (corpus BLEU, C-index) get no interval here.
+Corpus-level numbers (corpus BLEU, C-index) get no interval here. The evaluator records the mapping it used in
+results.json (``row_metrics: {task: {metric: field}}``), so comparing runs needs neither the task registry nor
+the plugins.
 
 The statistics are scipy's: ``scipy.stats.bootstrap`` (percentile intervals: BCa is undefined on constant
 data, which a perfect model produces) for one run, and for two runs on the same rows
@@ -24,11 +26,14 @@ CONFIDENCE = 0.95
 _ALIASES = {"accuracy": "correct"}
 
 
-def row_metric_fields(task_name: str, aggregate: dict, records: list[dict]) -> dict[str, str]:
-    """``{aggregate key: per-row field}`` for the mean-type metrics of one task's records."""
+def row_metric_fields(task_name: str, aggregate: dict, records: list[dict], declared: dict | None = None) -> dict[str, str]:
+    """``{aggregate key: per-row field}`` for the mean-type metrics of one task's records. ``declared`` (what a
+    results file recorded under ``row_metrics``) wins; else the registered task's ``row_metrics`` (plugins are
+    not imported for this); else inference."""
     from internvl.evaluation.base import EVAL_TASKS
 
-    declared = getattr(EVAL_TASKS.get(task_name), "row_metrics", None) if task_name in EVAL_TASKS else None
+    if declared is None and task_name in EVAL_TASKS:
+        declared = getattr(EVAL_TASKS.get(task_name), "row_metrics", None)
     out = {}
     for key, value in aggregate.items():
         if not _is_number(value) or key == "n":
@@ -118,10 +123,11 @@ def _sign_flip_p(a: np.ndarray, b: np.ndarray, seed: int) -> float:
     return float(res.pvalue)
 
 
-def task_intervals(task_name: str, aggregate: dict, records: list[dict], seed: int = 0) -> dict[str, dict]:
+def task_intervals(task_name: str, aggregate: dict, records: list[dict], seed: int = 0,
+                   declared: dict | None = None) -> dict[str, dict]:
     """``{metric: mean_ci(...) + {"field"}}`` for every mean-type metric of one task's records."""
     out = {}
-    for key, field in row_metric_fields(task_name, aggregate, records).items():
+    for key, field in row_metric_fields(task_name, aggregate, records, declared).items():
         out[key] = {**mean_ci(row_values(records, field), seed=seed), "field": field}
     return out
 

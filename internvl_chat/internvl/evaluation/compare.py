@@ -48,8 +48,8 @@ def compare_pair(a: dict, b: dict, a_name: str, b_name: str, seed: int = 0) -> l
                 continue
             in_a = [r for r in a["samples"] if r["dataset"] == ds and r["task"] == task]
             in_b = [r for r in b["samples"] if r["dataset"] == ds and r["task"] == task]
-            fields_a = bootstrap.row_metric_fields(task, agg_a, in_a)
-            fields_b = bootstrap.row_metric_fields(task, agg_b, in_b)
+            fields_a = bootstrap.row_metric_fields(task, agg_a, in_a, a.get("row_metrics", {}).get(task))
+            fields_b = bootstrap.row_metric_fields(task, agg_b, in_b, b.get("row_metrics", {}).get(task))
             shared = sorted({r["uid"] for r in in_a} & {r["uid"] for r in in_b})
             pa = [rows_a[u] for u in shared]
             pb = [rows_b[u] for u in shared]

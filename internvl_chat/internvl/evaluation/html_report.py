@@ -124,8 +124,9 @@ def thumbnail(kind: str, path: str) -> tuple[str | None, str]:
         return None, f"no thumbnail: {exc}"
 
 
-def _task_view(ds: str, name: str, agg: dict, records: list[dict], out_dir: str, media: dict) -> dict:
-    cis = bootstrap.task_intervals(name, agg, records)
+def _task_view(ds: str, name: str, agg: dict, records: list[dict], out_dir: str, media: dict,
+               declared: dict | None) -> dict:
+    cis = bootstrap.task_intervals(name, agg, records, declared=declared)
     rows = []
     for key, value in agg.items():
         if key in ("plots", "not_computed") or isinstance(value, (dict, list)):
@@ -144,11 +145,11 @@ def _task_view(ds: str, name: str, agg: dict, records: list[dict], out_dir: str,
         else:
             missing.append(rel)
     return {"name": name, "n": agg.get("n", len(records)), "metrics": rows, "not_computed": agg.get("not_computed", {}),
-            "plots": plots, "missing_plots": missing, **_examples(name, agg, records, media)}
+            "plots": plots, "missing_plots": missing, **_examples(name, agg, records, media, declared)}
 
 
-def _examples(name: str, agg: dict, records: list[dict], media: dict) -> dict:
-    fields = bootstrap.row_metric_fields(name, agg, records)
+def _examples(name: str, agg: dict, records: list[dict], media: dict, declared: dict | None) -> dict:
+    fields = bootstrap.row_metric_fields(name, agg, records, declared)
     if not fields or not records:
         return {"examples": [], "key": ""}
     key, field = next(iter(fields.items()))
@@ -180,7 +181,7 @@ def render_report(results: dict, out_dir: str, samples: list | None = None) -> s
         views = []
         for name, agg in tasks.items():
             group = [r for r in records if r["task"] == name and r["dataset"] == ds]
-            views.append(_task_view(ds, name, agg, group, out_dir, media))
+            views.append(_task_view(ds, name, agg, group, out_dir, media, results.get("row_metrics", {}).get(name)))
         datasets.append({"name": ds, "tasks": views})
     body = _env().from_string(_BODY).render(r=results, s=results["summary"], datasets=datasets,
                                             status=results.get("report_metrics", {}))

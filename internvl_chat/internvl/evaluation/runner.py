@@ -170,6 +170,14 @@ def aggregate(records: list[dict], plots_dir: str, rel_to: str) -> dict:
     return {"by_task": by_task, "by_dataset": by_dataset}
 
 
+def row_metrics_of(by_task: dict, records: list[dict]) -> dict[str, dict[str, str]]:
+    """``{task: {metric: per-row field}}`` of the mean-type metrics (``bootstrap``), recorded for ``compare``."""
+    from internvl.evaluation.bootstrap import row_metric_fields
+
+    groups = _group(records, "task")
+    return {t: row_metric_fields(t, agg, groups.get(t, [])) for t, agg in by_task.items()}
+
+
 def _group(records: Iterable[dict], key: str) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -324,6 +332,7 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
     if metric_status:
         extra_metrics.add_aggregates(results["metrics"], records, metric_status)
         results["report_metrics"] = metric_status
+    results["row_metrics"] = row_metrics_of(results["metrics"]["by_task"], records)
     html_path = os.path.splitext(out)[0] + ".html"
     if html:
         results["html"] = os.path.basename(html_path)
