@@ -1,6 +1,6 @@
 """Headless Chromium from the system's packages (Debian ``chromium`` + ``chromium-driver``) through selenium:
 no browser download. ``start_chromium(tmp)`` or ``pytest.skip`` with the reason; ``element_pixels`` gives a
-screenshot of one element as a numpy array (for non-blank checks)."""
+screenshot of one element as a numpy array and ``non_blank`` checks it."""
 from __future__ import annotations
 
 import io
@@ -56,3 +56,8 @@ def save_screenshot(element, name: str) -> None:
 def shutdown(driver, profile_dir) -> None:
     driver.quit()
     shutil.rmtree(profile_dir, ignore_errors=True)
+
+
+def non_blank(pixels: np.ndarray) -> bool:
+    """More than a flat colour: pixel standard deviation above 10 (of 255)."""
+    return float(pixels.std()) > 10.0

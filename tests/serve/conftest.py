@@ -12,12 +12,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from serve_models import FIXTURE_SLIDE
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FIXTURE_SLIDE = REPO.parent / "shared" / "fixtures" / "wsi" / "boxes.tiff"
 START_TIMEOUT = 240
 
 
@@ -88,7 +88,3 @@ def demo_server(serve_models, serve_root, tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-def non_blank(pixels: np.ndarray) -> bool:
-    return float(pixels.std()) > 10.0

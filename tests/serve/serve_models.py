@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+FIXTURE_SLIDE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wsi" / "boxes.tiff"
 SLIDE_VISION = {"feature_dim": 192, "tile_encoder": "virchow2_tiny", "tile_encoder_seed": 0, "max_tiles": 16}
 VOLUME_VISION = {"preprocess": {"target_spacing": [1.5, 1.5, 1.5]}}
 

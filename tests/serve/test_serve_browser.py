@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from chromium_driver import element_pixels, save_screenshot, shutdown, start_chromium
-from conftest import FIXTURE_SLIDE, non_blank
+from chromium_driver import element_pixels, non_blank, save_screenshot, shutdown, start_chromium
+from serve_models import FIXTURE_SLIDE
 
 WAIT = 120
 BOT = '#chat [data-testid="bot"]'
