@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import os
 from typing import Any
 
 from internvl.evaluation import bootstrap
-
-logger = logging.getLogger(__name__)
 
 N_EXAMPLES = 3
 THUMB = 160

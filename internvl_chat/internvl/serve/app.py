@@ -46,16 +46,23 @@ class OpenMedia:
             return entry
 
 
+def _text_of(content) -> str:
+    """A chat message's text: Gradio gives a string or a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
 def _messages_to_pairs(history: list) -> list[tuple[str, str]]:
+    """Chat messages (role/content dicts) -> [(question, answer)] for ``model.chat``'s history."""
     pairs, question = [], None
     for msg in history or []:
-        role, content = msg.get("role"), msg.get("content")
-        text = content if isinstance(content, str) else " ".join(
-            c.get("text", "") for c in content if isinstance(c, dict)) if isinstance(content, list) else str(content)
-        if role == "user":
-            question = text
-        elif role == "assistant" and question is not None:
-            pairs.append((question, text))
+        if msg.get("role") == "user":
+            question = _text_of(msg.get("content"))
+        elif msg.get("role") == "assistant" and question is not None:
+            pairs.append((question, _text_of(msg.get("content"))))
             question = None
     return pairs
 
