@@ -37,16 +37,14 @@ def serve_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_models(tiny_model_dir, serve_root, tmp_path_factory) -> dict:
-    """Slide and volume models and the synthetic media, built in one subprocess (one import of torch)."""
+    """Slide and volume models (tiny, untrained) and the synthetic slide and volume in the data root."""
+    import serve_models as build
+
     out = tmp_path_factory.mktemp("serve_models")
-    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from pathlib import Path; import serve_models as m; "
-            f"m.slide_model(Path({str(tiny_model_dir)!r}), Path({str(out / 'slide')!r})); "
-            f"m.volume_model(Path({str(tiny_model_dir)!r}), Path({str(out / 'volume')!r})); "
-            f"m.synthetic_slide(Path({str(serve_root / 'synthetic_slide.tiff')!r})); "
-            f"m.synthetic_volume(Path({str(serve_root / 'head_ct.nii.gz')!r}))")
-    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"building the serve test models failed:\n{res.stderr[-3000:]}")
+    build.slide_model(tiny_model_dir, out / "slide")
+    build.volume_model(tiny_model_dir, out / "volume")
+    build.synthetic_slide(serve_root / "synthetic_slide.tiff")
+    build.synthetic_volume(serve_root / "head_ct.nii.gz")
     return {"image": tiny_model_dir, "slide": out / "slide", "volume": out / "volume"}
 
 

@@ -81,7 +81,7 @@ def fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
     return str(v)
 
 
