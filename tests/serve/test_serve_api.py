@@ -32,8 +32,14 @@ def test_allowed_paths(tmp_path):
         AllowedPaths(None, str(temp)).resolve("sub/a.png")
 
 
-def test_cli_bad_input(tmp_path):
-    for args, message in ((["--model", str(tmp_path)], "not a checkpoint folder"),):
+def test_cli_bad_input_and_defaults(tmp_path, tiny_model_dir):
+    from internvl.serve.__main__ import build_parser
+
+    assert build_parser().parse_args(["--model", "m"]).host == "127.0.0.1"
+    model = str(tiny_model_dir)
+    for args, message in ((["--model", str(tmp_path)], "not a checkpoint folder"),
+                          (["--model", model, "--data-root", str(tmp_path / "none")], "--data-root is not a folder"),
+                          (["--model", model, "--media-option", "slide_mpp"], "expected KEY=VALUE")):
         res = subprocess.run([sys.executable, "-m", "internvl.serve", *args], capture_output=True, text=True)
         assert res.returncode == 2
         assert res.stderr.strip().startswith("error:") and message in res.stderr
