@@ -21,6 +21,7 @@ DZ_TILE = 254
 
 @dataclass
 class SlideView:
+    path: str
     slide: object            # openslide.OpenSlide
     deepzoom: object         # openslide.deepzoom.DeepZoomGenerator
     grid: list               # [(x, y, size)] level-0 tissue tiles
@@ -60,13 +61,23 @@ class SlideViewer(MediaViewer):
             note = f"{len(grid)} tissue tiles of {plan.n_grid} at {plan.target_mpp:g} µm/px"
         except SlideError as exc:
             note = f"no tissue grid: {exc}"
-        return SlideView(slide, DeepZoomGenerator(slide, tile_size=DZ_TILE, overlap=1, limit_bounds=False), grid,
+        return SlideView(path, slide, DeepZoomGenerator(slide, tile_size=DZ_TILE, overlap=1, limit_bounds=False), grid,
                          note)
 
     def info(self, handle: SlideView) -> str:
         w, h = handle.slide.dimensions
         return f"slide {w}x{h}, {handle.slide.level_count} levels, {handle.deepzoom.level_count} Deep Zoom levels; " \
                f"{handle.note}"
+
+    @staticmethod
+    def _tile(handle: SlideView, level: int, col: int, row: int):
+        import openslide
+
+        try:
+            return handle.deepzoom.get_tile(level, (col, row)).convert("RGB")
+        except openslide.OpenSlideError as exc:
+            raise ViewerError(f"{handle.path}: Deep Zoom tile ({col}, {row}) of level {level} unreadable: {exc}") \
+                from exc
 
     def render(self, handle: SlideView, state: ViewState):
         from PIL import Image, ImageDraw
@@ -89,7 +100,7 @@ class SlideViewer(MediaViewer):
         canvas = Image.new("RGB", (max(1, round(right - left)), max(1, round(bottom - top))), "white")
         for col in range(c0, max(c0, c1) + 1):
             for row in range(r0, max(r0, r1) + 1):
-                tile = dz.get_tile(level, (col, row)).convert("RGB")
+                tile = self._tile(handle, level, col, row)
                 x = col * DZ_TILE - (1 if col else 0) - left  # tiles after the first carry a 1 px overlap
                 y = row * DZ_TILE - (1 if row else 0) - top
                 canvas.paste(tile, (round(x), round(y)))

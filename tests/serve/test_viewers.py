@@ -82,3 +82,17 @@ def test_thumbnails(media):
     for key in ("image", "slide", "volume"):
         thumb = viewer_for_path(str(media[key])).thumbnail(str(media[key]), 96)
         assert max(thumb.size) <= 96 and np.asarray(thumb).std() > 5
+
+
+@pytest.mark.skipif(not FIXTURE_SLIDE.is_file(), reason=f"fixture slides absent at {FIXTURE_SLIDE.parent}")
+def test_unreadable_slide_is_a_viewer_error_naming_the_tile():
+    from internvl.evaluation.html_report import thumbnail
+
+    path = str(FIXTURE_SLIDE.parent / "unreadable.svs")  # opens, but its tile data is corrupt
+    viewer = viewer_for_path(path)
+    handle = viewer.open(path)
+    with pytest.raises(ViewerError, match="unreadable.svs: Deep Zoom tile"):
+        viewer.render(handle, ViewState())
+    viewer.close(handle)
+    image, note = thumbnail("wsi", path)
+    assert image is None and "Bogus marker length" in note

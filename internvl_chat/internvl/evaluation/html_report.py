@@ -117,8 +117,10 @@ def thumbnail(kind: str, path: str) -> tuple[str | None, str]:
         return None, f"no viewer for {kind!r}"
     try:
         return png_b64(VIEWERS.get(kind)().thumbnail(path, THUMB)), ""
-    except (ViewerError, OSError, ValueError) as exc:
+    except ViewerError as exc:
         return None, f"no thumbnail: {exc}"
+    except Exception as exc:  # a viewer bug must not cost the report: the cell says what failed
+        return None, f"no thumbnail: {type(exc).__name__}: {exc}"
 
 
 def _task_view(ds: str, name: str, agg: dict, records: list[dict], out_dir: str, media: dict,
