@@ -44,7 +44,8 @@ def _open_server_path(driver, path: str, kind: str):
     box.clear()
     box.send_keys(path)
     driver.find_element("css selector", "#open-btn").click()
-    _wait(driver, lambda d: _viewer_info(d).startswith(kind), f"the {kind} viewer")
+    name = path.rsplit("/", 1)[-1]
+    _wait(driver, lambda d: _viewer_info(d).startswith(f"{kind} {name}:"), f"the {kind} viewer on {name}")
     _wait_view(driver)
 
 
@@ -69,7 +70,7 @@ def _ask(driver, question: str) -> str:
 
 def test_upload_image_and_ask(page, demo_server):
     page.find_element("css selector", "#upload input[type=file]").send_keys(str(demo_server["root"] / "red_disc.png"))
-    _wait(page, lambda d: _viewer_info(d).startswith("image"), "the uploaded image in the viewer")
+    _wait(page, lambda d: _viewer_info(d).startswith("image red_disc.png:"), "the uploaded image in the viewer")
     _wait_view(page)
     viewer = page.find_element("css selector", "#viewer")
     assert non_blank(element_pixels(viewer))

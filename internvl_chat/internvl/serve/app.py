@@ -14,6 +14,7 @@ HTTP API (``gradio_client`` or Gradio's REST routes), each also behind the UI:
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -90,7 +91,7 @@ def build_app(engine: ChatEngine, allowed: AllowedPaths, title: str = "InternVL-
         except (PathRefused, ViewerError) as exc:
             raise _error(exc) from None
         c = set(viewer.controls)
-        return (image, f"**{viewer.kind}**: {viewer.info(handle)}", path, [],
+        return (image, f"**{viewer.kind}** {os.path.basename(path)}: {viewer.info(handle)}", path, [],
                 gr.update(value=1, visible="zoom" in c), 0.5, 0.5,
                 gr.update(value=0.5, visible="slice" in c),
                 gr.update(choices=list(viewer.window_presets), value=window, visible="window" in c),
