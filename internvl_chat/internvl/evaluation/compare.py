@@ -110,7 +110,8 @@ def write_html(result: dict, path: str) -> str:
         "sign-flip permutation p-value.</p>"
         "{% for c in comps %}<h2>A = {{ c.a }}<br>B = {{ c.b }}</h2><table class='compare'><tr>"
         "{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr>{% for row in c.table %}<tr>"
-        "{% for cell in row %}<td class='num'>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</table>{% endfor %}"
+        "{% for cell in row %}<td{% if loop.index > 3 %} class='num'{% endif %}>{{ cell }}</td>{% endfor %}</tr>"
+        "{% endfor %}</table>{% endfor %}"
     ).render(header=HEADER, comps=[{**c, "table": table_rows(c)} for c in result["comparisons"]])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(page("Run comparison", Markup(body)), path)
