@@ -100,6 +100,23 @@ def test_synthetic_slide_viewer_and_ask(page):
     assert _ask(page, "What grade is this tumour?").strip()
 
 
+def test_slide_zoom_and_click_to_pan(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    _open_server_path(page, "synthetic_slide.tiff", "wsi")
+    before = _viewer_image(page).get_attribute("src")
+    zoom = page.find_element("css selector", "#zoom input[type=number]")
+    zoom.send_keys(Keys.CONTROL, "a")
+    zoom.send_keys("6", Keys.ENTER)
+    _wait(page, lambda d: _viewer_image(d).get_attribute("src") != before, "the zoomed view")
+    zoomed = _viewer_image(page).get_attribute("src")
+    image = _viewer_image(page)
+    ActionChains(page).move_to_element_with_offset(image, image.size["width"] // 3, 0).click().perform()
+    _wait(page, lambda d: _viewer_image(d).get_attribute("src") != zoomed, "the view to pan after a click")
+    assert non_blank(element_pixels(page.find_element("css selector", "#viewer")))
+
+
 def test_volume_viewer_and_ask(page):
     _open_server_path(page, "head_ct.nii.gz", "volume")
     viewer = page.find_element("css selector", "#viewer")

@@ -18,6 +18,8 @@ import os
 import threading
 from collections import OrderedDict
 
+import gradio as gr  # module level: Gradio resolves the gr.SelectData annotation of event handlers here
+
 from internvl.serve.engine import ChatEngine, EngineError
 from internvl.serve.paths import AllowedPaths, PathRefused
 from internvl.serve.viewers import ViewerError, ViewState, viewer_for_path
@@ -69,8 +71,6 @@ def _messages_to_pairs(history: list) -> list[tuple[str, str]]:
 
 
 def build_app(engine: ChatEngine, allowed: AllowedPaths, title: str = "InternVL-Med demo"):
-    import gradio as gr
-
     media = OpenMedia()
 
     def _error(exc: Exception):
