@@ -1,11 +1,12 @@
 """The web demo without a browser: the path allow-list, the command line's bad-input exits, and the HTTP API of a
 running server (gradio_client): open an image, a slide and a volume, ask, get an answer; a path outside the data
-root is refused."""
+root is refused; what the server wrote (slide features) is in its temporary folder, nothing in the data root."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,8 @@ def test_http_api(demo_server):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
+    root = demo_server["root"]
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
     client = Client(demo_server["url"], verbose=False)
     for name, kind in (("red_disc.png", "image"), ("synthetic_slide.tiff", "wsi"), ("head_ct.nii.gz", "volume")):
         opened = client.predict(name, api_name="/open_media")
@@ -59,6 +62,11 @@ def test_http_api(demo_server):
         answer = history[-1]["content"]
         text = answer if isinstance(answer, str) else "".join(c.get("text", "") for c in answer)
         assert text.strip(), f"empty answer for {name}"
+    # the slide's tile features were cached in the demo's temporary folder; the data root is untouched
+    temp = next(ln.split(": ", 1)[1] for ln in demo_server["log"].read_text().splitlines()
+                if ln.startswith("temporary folder: "))
+    assert list(Path(temp, "wsi_features").glob("synthetic_slide*.h5"))
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     outside = str(demo_server["root"].parent / "outside.png")
     assert os.path.isfile(outside)
     for bad in (outside, "../outside.png"):
