@@ -49,10 +49,17 @@ setup(
         "pandas",
         "pyyaml",
         "monai>=1.4",
+        "jinja2",             # the HTML evaluation report
+        "bert-score>=0.3.13",  # --metrics bertscore (model found locally or reported as not computed)
+        "gradio>=5,<7",        # the web demo: python -m internvl.serve
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout"],
+        # selenium drives the system Chromium (apt-get install chromium chromium-driver) in the browser tests
+        "dev": ["pytest>=8", "pytest-timeout", "selenium>=4.20", "gradio_client"],
         "flash": ["flash-attn>=2.5"],
+        # clinical report metrics (RadGraph F1, RaTEScore, GREEN); heavy: medspacy, stanza, datasets, and
+        # radeval 2.2.1 pins numpy < 2, so install it in its own environment if that clashes
+        "report-metrics": ["radeval>=2.2"],
     },
     entry_points={
         "internvl.plugins": [

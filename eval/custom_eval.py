@@ -2,6 +2,8 @@
 
     python eval/custom_eval.py --model DIR --data TEST.jsonl|META.json --out results.json \\
         [--task NAME] [--batch-size 8] [--max-new-tokens 64] [--temperature 0] [--limit N] [--plugins MOD]
+        [--metrics meteor,bertscore,radgraph,ratescore,green] [--no-html]
+    python eval/custom_eval.py compare RUN_A.json RUN_B.json [RUN_C.json ...] [--html compare.html]
 
 Rows use the training format (see ``internvl.evaluation.runner``). The task of a row is its ``task`` field, else
 the meta entry's ``task``, else ``--task``, else ``mcq`` when the row has options (an ``options`` field or
@@ -12,11 +14,24 @@ results.json (``schema_version`` 1)::
 
     model, data, settings{...}, generation{max_new_tokens, min_new_tokens, num_beams, do_sample[, temperature]}
     summary{n_rows, n_scored, n_skipped, n_resumed, generation_seconds, total_seconds}
-    metrics{by_task{TASK: {n, ...task metrics, plots[...]}}, by_dataset{DATASET: {TASK: {...}}}}
+    metrics{by_task{TASK: {n, ...task metrics, plots[...], not_computed{...}}}, by_dataset{DATASET: {TASK: {...}}}}
+    row_metrics{TASK: {METRIC: per-row field}}   (the metrics that are means over rows: intervals, compare)
+    report_metrics{NAME: "computed (...)" | "not computed: ..."}   (with --metrics)
+    html: "<out stem>.html"                       (unless --no-html)
     samples[{uid, id, dataset, source, line, task, question, reference, prediction, ...task score fields}]
     skipped[{uid, dataset, source, line, id, error}]
 
 Plots (PNG) go to ``<out stem>_plots/`` next to results.json; their paths in results.json are relative to it.
+``<out stem>.html`` is the self-contained report (metrics with bootstrap intervals, chance, plots, worst and best
+examples with thumbnails; ``internvl.evaluation.html_report``); ``--no-html`` skips it. ``--metrics`` adds report
+metrics on free-text rows (``internvl.evaluation.report_metrics``): their per-row values go into ``samples`` and
+their means into the task metrics, or ``not_computed: {name: reason}`` when a package or model is missing
+(``report_metrics`` in results.json lists the status of each).
+
+``compare``: the first results file is the baseline; for each later one, per dataset/task/metric the difference
+with a paired bootstrap 95% interval and a sign-flip permutation p-value over the rows both runs scored
+(``internvl.evaluation.compare``); a terminal table, and an HTML page (``--html``, default
+``<last run stem>_compare.html``; ``--no-html`` skips it). Exit code 2 for unreadable or mismatched files.
 An interrupted run resumes from ``<out>.partial.jsonl`` (same model, data and generation settings).
 """
 from __future__ import annotations
@@ -51,8 +66,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore <out>.partial.jsonl from an earlier run")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list-tasks", action="store_true", help="print the registered task names and exit")
+    p.add_argument("--metrics", default="", metavar="NAMES",
+                   help="comma-separated report metrics for free-text rows: meteor, bertscore, radgraph, ratescore, "
+                        "green (default: none; the fast exact match / F1 / BLEU / ROUGE always run). Models are "
+                        "never downloaded: one not found locally is reported as not computed")
+    p.add_argument("--bertscore-model", default="roberta-large",
+                   help="BERTScore model: a local folder or a hub id already in the hub cache (default roberta-large)")
+    p.add_argument("--bertscore-layers", type=int, default=None,
+                   help="BERTScore layer (default: bert-score's choice for known models, else the last layer)")
+    p.add_argument("--allow-remote-code-green", action="store_true",
+                   help="allow GREEN: its model loads with trust_remote_code, i.e. runs Python code shipped with the "
+                        "model repository; off by default")
+    p.add_argument("--html", dest="html", action="store_true", default=True,
+                   help="write the HTML report <out stem>.html next to the results (default)")
+    p.add_argument("--no-html", dest="html", action="store_false", help="do not write the HTML report")
     add_plugins_argument(p)
     return p
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="custom_eval.py compare",
+                                description="paired comparison of evaluation runs (the first is the baseline)")
+    p.add_argument("runs", nargs="+", metavar="RESULTS.json")
+    p.add_argument("--html", default=None, help="HTML output (default: <last run stem>_compare.html)")
+    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def compare_main(argv: list[str]) -> int:
+    args = compare_parser().parse_args(argv)
+    from internvl.evaluation.compare import compare_runs, format_table, write_html
+    from internvl.evaluation.runner import write_json_atomic
+
+    result = compare_runs(args.runs, seed=args.seed)  # a CompareError is one error line (run_cli)
+    for comp in result["comparisons"]:
+        print(format_table(comp))
+        print()
+    if args.json:
+        write_json_atomic(result, args.json)
+    if not args.no_html:
+        path = args.html or os.path.splitext(args.runs[-1])[0] + "_compare.html"
+        print(f"html: {write_html(result, path)}")
+    return 0
 
 
 def print_table(rows: list[list[str]], header=("dataset", "task", "n", "metrics")) -> None:
@@ -62,6 +119,9 @@ def print_table(rows: list[list[str]], header=("dataset", "task", "n", "metrics"
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "compare":
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("internvl").setLevel(logging.INFO)
@@ -81,14 +141,27 @@ def run(argv: list[str] | None = None) -> int:
         build_parser().error(f"--model {args.model}: not a folder")
     if not os.path.isfile(args.data):
         build_parser().error(f"--data {args.data}: file not found")
+    from internvl.evaluation.report_metrics import ReportMetricOptions, parse_metric_names
+
+    try:
+        names = parse_metric_names(args.metrics)
+    except ValueError as exc:
+        build_parser().error(f"--metrics: {exc}")
+    options = ReportMetricOptions(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
+                                  allow_remote_code_green=args.allow_remote_code_green)
     results = evaluate(args.model, args.data, args.out, task=args.task, root=args.root, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, limit=args.limit,
                        max_num=args.max_num, max_skip=args.max_skip, device=args.device, dtype=args.dtype,
-                       seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
+                       seed=args.seed, resume=not args.no_resume, progress=not args.no_progress,
+                       report_metrics=names, metric_options=options, html=args.html)
     s = results["summary"]
     print(f"\n{s['n_scored']} scored, {s['n_skipped']} skipped, {s['n_resumed']} resumed "
           f"in {s['total_seconds']:.1f}s -> {args.out}")
     print_table(summary_rows(results))
+    for name, state in results.get("report_metrics", {}).items():
+        print(f"{name}: {state}")
+    if args.html:
+        print(f"html: {os.path.splitext(args.out)[0]}.html")
     return 0
 
 

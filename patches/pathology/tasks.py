@@ -184,6 +184,7 @@ class PathologyReportTask(EvalTask):
     """Grade and survival scored on the same generated report."""
 
     name = "pathology_report"
+    free_text = True  # --metrics (METEOR, BERTScore, clinical metrics) also score the report text
 
     def __init__(self, **options):
         super().__init__(**options)

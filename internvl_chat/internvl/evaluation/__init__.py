@@ -1,5 +1,7 @@
 """Evaluation: task registry (``base``), the core tasks ``mcq`` / ``open_qa`` (``tasks_core``), text metrics
 (``metrics``) and the reusable generate-and-score loop (``runner``, imported on demand: it needs the model).
+Around the results: report metrics from their packages (``report_metrics``), bootstrap intervals and paired
+tests (``bootstrap``), the HTML report (``html_report``) and run comparison (``compare``).
 
 Importing this package registers the core tasks; plugins register theirs with ``register_task`` on import.
 """

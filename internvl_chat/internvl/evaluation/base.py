@@ -11,6 +11,11 @@ Contract (``EvalTask``):
   the test row (with ``reference`` filled in). Must not raise on unparseable model output: record it as such.
 * ``aggregate(records, out_dir) -> dict``: the task's metrics over the records it scored; may write plots
   (PNG) into ``out_dir`` and return their paths under a ``"plots"`` key.
+* ``row_metrics``: ``{aggregate key: per-row record field}`` for the metrics that are a mean over rows (they get
+  bootstrap intervals in the HTML report and paired tests in ``compare``; ``evaluation.bootstrap``). Empty: the
+  evaluator infers them (a row field whose mean equals the aggregate of the same name, ``correct`` for accuracy).
+* ``free_text``: the answers are free text (reports, open questions): ``--metrics`` (METEOR, BERTScore, clinical
+  metrics; ``evaluation.report_metrics``) score these rows.
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ def create_task(name: str, **options: Any) -> "EvalTask":
 
 class EvalTask:
     name: str = ""
+    row_metrics: dict[str, str] = {}
+    free_text: bool = False
 
     def __init__(self, **options: Any):
         self.options = options

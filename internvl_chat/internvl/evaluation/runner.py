@@ -154,6 +154,14 @@ def aggregate(records: list[dict], plots_dir: str, rel_to: str) -> dict:
     return {"by_task": by_task, "by_dataset": by_dataset}
 
 
+def row_metrics_of(by_task: dict, records: list[dict]) -> dict[str, dict[str, str]]:
+    """``{task: {metric: per-row field}}`` of the mean-type metrics (``bootstrap``), recorded for ``compare``."""
+    from internvl.evaluation.bootstrap import row_metric_fields
+
+    groups = _group(records, "task")
+    return {t: row_metric_fields(t, agg, groups.get(t, [])) for t, agg in by_task.items()}
+
+
 def _group(records: Iterable[dict], key: str) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -260,9 +268,13 @@ def load_model(model_dir: str, device: str = "auto", dtype: str = "auto"):
 def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, root: str | None = None,
              batch_size: int = 8, max_new_tokens: int = 64, temperature: float = 0.0, limit: int | None = None,
              max_num: int | None = None, max_skip: int = 0, device: str = "auto", dtype: str = "auto",
-             seed: int = 0, resume: bool = True, progress: bool = True, model=None, tokenizer=None) -> dict:
-    """Generate, score, aggregate and write ``out`` (results.json); returns the results dict."""
+             seed: int = 0, resume: bool = True, progress: bool = True, model=None, tokenizer=None,
+             report_metrics: Iterable[str] = (), metric_options=None, html: bool = True) -> dict:
+    """Generate, score, aggregate and write ``out`` (results.json) and, with ``html``, ``<out stem>.html``
+    (``html_report``); ``report_metrics`` names extra text metrics (``report_metrics.REPORT_METRICS``)."""
     import torch
+
+    from internvl.evaluation import report_metrics as extra_metrics
 
     t0 = time.time()
     samples = read_samples(data, task=task, root=root, limit=limit)
@@ -284,6 +296,7 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
                          progress=progress)
     gen_seconds = time.time() - t_gen
     records = score_records(samples, cache.done)
+    metric_status = extra_metrics.compute(records, list(report_metrics), metric_options)
     out_dir = os.path.dirname(os.path.abspath(out))
     plots_dir = os.path.join(out_dir, os.path.splitext(os.path.basename(out))[0] + "_plots")
     results = {
@@ -301,8 +314,19 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
         "samples": records,
         "skipped": skipped,
     }
+    if metric_status:
+        extra_metrics.add_aggregates(results["metrics"], records, metric_status)
+        results["report_metrics"] = metric_status
+    results["row_metrics"] = row_metrics_of(results["metrics"]["by_task"], records)
+    html_path = os.path.splitext(out)[0] + ".html"
+    if html:
+        results["html"] = os.path.basename(html_path)
     results["summary"]["total_seconds"] = round(time.time() - t0, 3)
     write_json_atomic(results, out)
+    if html:
+        from internvl.evaluation.html_report import write_report
+
+        write_report(results, html_path, samples)
     os.remove(cache.path)
     return results
 

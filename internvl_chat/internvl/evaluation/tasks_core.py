@@ -29,6 +29,7 @@ NO_ANSWER = "none"
 class MultipleChoiceTask(EvalTask):
     name = "mcq"
     summary_keys = ("accuracy", "chance", "unparsed_rate")
+    row_metrics = {"accuracy": "correct"}
 
     def score(self, prediction: str, sample: dict) -> dict:
         options = metrics.option_map(sample)
@@ -100,6 +101,10 @@ def _binomial_p(correct: int, records: list[dict]) -> float | None:
 class OpenQATask(EvalTask):
     name = "open_qa"
     summary_keys = ("exact_match", "token_f1", "bleu4_corpus", "rouge_l")
+    row_metrics = {"exact_match": "exact_match", "token_f1": "token_f1", "bleu4": "bleu4", "rouge_l": "rouge_l",
+                   "meteor": "meteor", "bertscore": "bertscore", "radgraph": "radgraph", "ratescore": "ratescore",
+                   "green": "green"}
+    free_text = True
 
     def score(self, prediction: str, sample: dict) -> dict:
         refs = sample.get("reference")
