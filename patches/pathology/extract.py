@@ -109,16 +109,19 @@ def settings_key(encoder_config, settings: ExtractSettings) -> str:
 def load_encoder(name: str, weights: str | None = None, random_init_seed: int | None = None,
                  device: str = "cpu", **overrides):
     """A registered tile encoder with weights, or a seeded random init when explicitly asked for."""
-    from internvl.model.vision.base import create_vision_model
+    from internvl.model.vision.base import create_vision_model, vision_model_spec
 
     if weights is None and random_init_seed is None:
         raise ValueError(f"no weights for encoder {name!r}: pass --weights PATH (or 'hf-hub' to download the gated "
                          f"checkpoint with your Hugging Face login), or --random-init-seed N for tests and demos")
     if random_init_seed is not None:
         torch.manual_seed(int(random_init_seed))
+    from patches.pathology.encoders import TimmTileEncoder, tile_encoder_names
+
+    if vision_model_spec(name).encoder_class is not TimmTileEncoder:
+        raise ValueError(f"vision model {name!r} is not a tile encoder (registered tile encoders: "
+                         f"{', '.join(tile_encoder_names())})")
     encoder = create_vision_model(name, **overrides)
-    if not (hasattr(encoder, "embed") and hasattr(encoder, "preprocess")):
-        raise TypeError(f"vision model {name!r} is not a tile encoder (needs .preprocess and .embed)")
     if weights:
         encoder.load_weights(weights)
     else:
@@ -165,7 +168,7 @@ def extract_slide(path: str, encoder, settings: ExtractSettings, out_path: str, 
         raise BadTilesError(f"{path}: {len(bad)} of {len(coords)} tiles unreadable (budget "
                             f"{settings.max_bad_fraction:.0%}): {listed}{' ...' if len(bad) > 5 else ''}", bad)
     dim = int(encoder.config.embedding_dim)
-    attrs = {"encoder": getattr(encoder.config, "encoder_name", encoder.config.preset),
+    attrs = {"encoder": encoder.config.encoder_name,
              "encoder_config": encoder_identity(encoder.config), "weights_source": encoder.config.weights_source,
              "feature_dim": dim, "slide_mpp": info.mpp, "mpp_source": info.mpp_source,
              "objective_power": info.objective_power, "vendor": info.vendor,
@@ -207,7 +210,7 @@ def run(slides: list[Path], encoder, settings: ExtractSettings, out_dir: str, sk
         raise ValueError(f"slides share output names {clashes[:5]}: give them distinct file names or extract the "
                          f"groups into separate --out folders")
     key = settings_key(encoder.config, settings)
-    encoder_name = getattr(encoder.config, "encoder_name", encoder.config.preset)
+    encoder_name = encoder.config.encoder_name
     if ctx.rank == 0:  # leftovers of a killed run, before any rank starts writing
         removed = cleanup_temporary(out_dir)
         if removed:
