@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a reader (or a resumed run) never sees a half-written output."""
+"""Atomic file and directory writes (a reader or a resumed run never sees a half-written output), and the check
+that a generated build is current."""
 from __future__ import annotations
 
 import contextlib
@@ -30,3 +31,15 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def build_is_current(out: str | Path, info: dict) -> bool:
+    """Whether ``out`` holds a build made with exactly ``info`` (its ``build_info.json``): generated data sets
+    keep an identical build and rebuild on any change of what shaped them."""
+    import json
+
+    path = Path(out) / "build_info.json"
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh) == info

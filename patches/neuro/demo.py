@@ -32,7 +32,7 @@ import random
 import numpy as np
 from tqdm import tqdm
 
-from internvl.fileio import atomic_directory
+from internvl.fileio import atomic_directory, build_is_current
 from patches.neuro.synthetic import phantom, save_nifti, write_dicom_series
 
 GENERATOR_VERSION = 2
@@ -95,11 +95,8 @@ def build(out_dir: str = "data/demo_neuro", *, seed: int = 0, n_train: int = 360
     """Write the demo into ``out_dir`` (see the module docstring); returns ``out_dir``."""
     info = {"generator": "patches.neuro.demo", "version": GENERATOR_VERSION, "seed": seed, "n_train": n_train,
             "n_test": n_test, "vision_overrides": VISION_OVERRIDES}
-    info_path = os.path.join(out_dir, "build_info.json")
-    if not force and os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as fh:
-            if json.load(fh) == info:
-                return out_dir
+    if not force and build_is_current(out_dir, info):
+        return out_dir
     rng = random.Random(seed)
     with atomic_directory(out_dir) as tmp:
         tmp = str(tmp)

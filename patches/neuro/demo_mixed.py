@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from internvl.fileio import atomic_directory
+from internvl.fileio import atomic_directory, build_is_current
 from patches.neuro.synthetic import phantom, save_nifti
 
 GENERATOR_VERSION = 1
@@ -85,11 +85,8 @@ def build(out_dir: str = "data/demo_mixed", *, seed: int = 0, n_train: int = 240
     """Write the demo into ``out_dir`` (see the module docstring); returns ``out_dir``."""
     info = {"generator": "patches.neuro.demo_mixed", "version": GENERATOR_VERSION, "seed": seed,
             "n_train": n_train, "n_test": n_test}
-    info_path = os.path.join(out_dir, "build_info.json")
-    if not force and os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as fh:
-            if json.load(fh) == info:
-                return out_dir
+    if not force and build_is_current(out_dir, info):
+        return out_dir
     rng = random.Random(seed)
     out_abs = os.path.abspath(out_dir)
     with atomic_directory(out_dir) as tmp:

@@ -109,12 +109,6 @@ class TextClassificationTask(EvalTask):
                 "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
                 "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
                 "classes": labels}
-        out["auroc"] = _auroc(records, labels)
-        cm_labels = labels + ([UNPARSED] if out["n_unparsed"] else [])
-        cm = confusion_matrix(y_true, y_pred, labels=cm_labels)
-        out["confusion_matrix"] = {"labels": cm_labels, "matrix": cm.tolist()}
-        out["plots"] = [_plot_confusion(cm, cm_labels, os.path.join(out_dir, f"{self.name}_confusion.png"))]
-        return out
 
 
 def _auroc(records: list[dict], labels: list[str]):

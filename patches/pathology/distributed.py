@@ -25,7 +25,6 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 ERROR_LOG = "errors.jsonl"
 SUMMARY = "extract_summary.json"

@@ -22,7 +22,6 @@ Loading is strict: a wrong architecture fails with the mismatching keys, never l
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass, field

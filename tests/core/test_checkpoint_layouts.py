@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import (InternVLConfig, InternVLForConditionalGeneration, LlamaConfig, LlamaForCausalLM)
 
-from helpers_model import IMG_ID, TINY_QWEN2, TINY_VIT, inputs, tiny_model
+from helpers_model import IMG_ID, TINY_QWEN2, inputs, tiny_model
 from internvl.model.checkpoint import CheckpointError
 from internvl.model.internvl_chat import InternVLChatModel
 

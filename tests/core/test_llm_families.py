@@ -23,7 +23,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausa
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from helpers_model import tiny_model
-from internvl.model.checkpoint import CheckpointError
 from internvl.model.internvl_chat import InternVLChatModel
 from internvl.model.llm import llm_config_for_transformers
 from test_checkpoint_layouts import internlm2_state, original_config

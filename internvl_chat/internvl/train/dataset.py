@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 from typing import Any
 
-import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from internvl.data.jsonl import JsonlIndex

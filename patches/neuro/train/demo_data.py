@@ -16,7 +16,7 @@ import random
 
 from tqdm import tqdm
 
-from internvl.fileio import atomic_directory
+from internvl.fileio import atomic_directory, build_is_current
 from patches.neuro.demo import _case
 
 VERSION = 1
@@ -25,11 +25,8 @@ VERSION = 1
 def build(out: str = "data/neuro_train_demo", *, n_train: int = 48, n_val: int = 24, seed: int = 0) -> str:
     info = {"generator": "patches.neuro.train.demo_data", "version": VERSION, "n_train": n_train, "n_val": n_val,
             "seed": seed}
-    info_path = os.path.join(out, "build_info.json")
-    if os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as fh:
-            if json.load(fh) == info:
-                return out
+    if build_is_current(out, info):
+        return out
     rng = random.Random(seed)
     with atomic_directory(out) as tmp:
         tmp = str(tmp)
