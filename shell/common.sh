@@ -42,6 +42,15 @@ internvl_die() {
     exit 1
 }
 
+internvl_has_flag() {  # internvl_has_flag --flag ARGS...: whether ARGS hold --flag (DeepSpeed needs a launcher)
+    _flag=$1
+    shift
+    for _a in "$@"; do
+        [ "$_a" = "$_flag" ] && return 0
+    done
+    return 1
+}
+
 internvl_is_uint() {
     case "$1" in
         '' | *[!0-9]*) return 1 ;;
@@ -126,8 +135,8 @@ internvl_finetune() {
             --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-10}" \
             --kill-on-bad-exit=1 ${QUOTA_TYPE:+--quotatype="$QUOTA_TYPE"} ${SRUN_ARGS:-} \
             "$PYTHON" -u "$INTERNVL_ENTRY" "$@"
-    elif [ "$WORLD" = 1 ]; then  # one process: no process group, no DDP wrapper, the error line straight out
-        [ -z "${INTERNVL_STANDALONE:-}" ] || unset MASTER_PORT  # DeepSpeed's group then takes a free port
+    elif [ "$WORLD" = 1 ] && ! internvl_has_flag --deepspeed "$@"; then
+        # one process without DeepSpeed: no launcher, no process group, no DDP wrapper
         set -- "$PYTHON" -u "$INTERNVL_ENTRY" "$@"
     elif [ -n "${INTERNVL_STANDALONE:-}" ]; then  # one node, no MASTER_PORT given: torchrun picks a free port
         set -- "$PYTHON" -m internvl.train.launch --standalone --nproc_per_node="$GPUS" "$INTERNVL_ENTRY" "$@"

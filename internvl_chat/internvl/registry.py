@@ -19,9 +19,18 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable
 
+from internvl.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "internvl.plugins"
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name no registry holds (an encoder, projector, media kind or task given by a flag, config or row)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
 _loaded_modules: set[str] = set()
 _entry_points_done = False
 
@@ -60,7 +69,7 @@ class Registry:
             load_plugins()
         if name not in self:
             known = ", ".join(sorted(self._items)) or "none"
-            raise KeyError(f"unknown {self.what} {name!r}; registered: {known}. "
+            raise UnknownNameError(f"unknown {self.what} {name!r}; registered: {known}. "
                            f"Is the plugin that provides it installed (pip install -e .) or passed with --plugins?")
         return self._items[self.resolve(name)]
 

@@ -72,7 +72,7 @@ def _splits_windows(cfg: PreprocessConfig) -> bool:
 class VolumeReader(MediaReader):
     kind = "volume"
     ndim = 3
-    option_names = frozenset(f for f in _FIELDS if f != "version") | {"volume_preprocess", "volume_cache_dir",
+    option_names = frozenset(f for f in _FIELDS if f != "version") | {"volume_preprocess", "volume_cache_dir", "volume_augment",
                                                                       "study_mode"}
 
     def __init__(self, config, options: dict[str, Any] | None = None):

@@ -46,7 +46,7 @@ def subsample(bag: torch.Tensor, max_tiles: int | None, is_train: bool) -> torch
 class _BagReader(MediaReader):
     placeholder = "<image>"
     is_file = True
-    option_names = frozenset({"tile_encoder", "max_tiles"})
+    option_names = frozenset({"tile_encoder", "max_tiles", "feature_encoder"})
 
     @property
     def vision_config(self):

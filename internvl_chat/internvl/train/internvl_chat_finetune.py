@@ -254,20 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(run, argv)
 
 
-def single_process_env(env=os.environ) -> None:
-    """Run as one process without a launcher: DeepSpeed still wants a (one-member) process group; give it a free
-    local port unless MASTER_PORT is set."""
-    if "WORLD_SIZE" in env or "RANK" in env:
-        return
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in env:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            env["MASTER_PORT"] = str(s.getsockname()[1])
-
-
 def die_with_launcher(env=os.environ) -> None:
     """torchrun starts each worker in a session of its own, so ``kill -9`` of the launcher's process group would
     leave the workers running (and writing checkpoints). On Linux a worker asks the kernel for SIGKILL when its
@@ -286,7 +272,6 @@ def die_with_launcher(env=os.environ) -> None:
 def run(argv: list[str] | None = None) -> int:
     die_with_launcher()
     slurm_to_torch_env()
-    single_process_env()
     model_args, data_args, training_args, plugins = parse_args(argv)
     setup_logging(training_args)
     load_plugins(plugins)
