@@ -63,6 +63,7 @@ class SlideFeatureEncoder(VisionEncoder):
     """Pass-through (+ LayerNorm) for feature bags; variable-length bags stay a list, never padded."""
 
     config_class = SlideFeaturesConfig
+    supports_gradient_checkpointing = False  # a LayerNorm (+ an optional small aggregator): nothing to checkpoint
     machine_local_keys = ("tile_encoder_weights", "feature_cache")  # paths on this machine: data options instead
 
     def __init__(self, config: SlideFeaturesConfig):

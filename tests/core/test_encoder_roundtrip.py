@@ -36,6 +36,9 @@ def test_contract_and_standalone_round_trip(name, tmp_path):
         assert isinstance(layers, torch.nn.ModuleList) and len(layers) > 0
     except ValueError as exc:  # declared refusal, never an AttributeError
         assert "--unfreeze_vit_layers" in str(exc)
+    if cls.supports_gradient_checkpointing:  # declared: then --grad_checkpoint must work on it
+        enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enc.gradient_checkpointing_disable()
     item = cls.dummy_input(enc.config)
     with torch.no_grad():
         feats = enc(item.unsqueeze(0))

@@ -22,6 +22,7 @@ hook                        meaning                                             
 ``layer_list()``            the blocks ``--unfreeze_vit_layers`` counts                        refuses
 ``lora_target_modules``     module-name suffixes ``--use_backbone_lora`` wraps                  q/k/v/proj/fc1/fc2
 ``lora_modules_to_save``    parts trained in full under backbone LoRA (new heads)              ``None``
+``supports_gradient_checkpointing`` whether ``--grad_checkpoint`` can checkpoint its blocks          ``True``
 ``state_dict_to_disk/..``   key layout inside an InternVL checkpoint                           identity
 ==========================  ===============================================================  ===================
 
