@@ -107,13 +107,23 @@ def _weights_identity(weights: str, mtime_ns: int) -> str:
 class SlideReader(_BagReader):
     kind = "wsi"
     option_names = _BagReader.option_names | {"mpp", "tile_size", "slide_mpp", "tile_encoder_weights",
-                                              "tile_encoder_seed", "feature_cache", "max_tiles_on_the_fly"}
+                                              "tile_encoder_seed", "feature_cache", "max_tiles_on_the_fly", "tissue"}
 
     def _settings(self):
-        from patches.pathology.extract import ExtractSettings
+        """Extraction settings; the ``tissue`` option overrides ``TissueParams`` fields (e.g. ``{"min_area_um2": 0}``
+        for a tiny or scale-less slide), and is part of the feature cache key like every other setting."""
+        from dataclasses import fields as dc_fields
 
+        from patches.pathology.extract import ExtractSettings
+        from patches.pathology.tissue import TissueParams
+
+        tissue = self.options.get("tissue") or {}
+        known = {f.name for f in dc_fields(TissueParams)}
+        if not isinstance(tissue, dict) or set(tissue) - known:
+            raise MediaError(f"wsi option 'tissue' must be an object with keys from {sorted(known)}, got {tissue!r}")
         return ExtractSettings(mpp=float(self._option("mpp", 0.5)), tile_size=self._option("tile_size"),
-                               slide_mpp=self.options.get("slide_mpp"), batch_size=32)
+                               slide_mpp=self.options.get("slide_mpp"), batch_size=32,
+                               tissue=TissueParams(**tissue))
 
     def _encoder_config(self):
         """The tile encoder's config with its weights identity, without building the model."""

@@ -61,7 +61,9 @@ def demo_server(serve_models, serve_root, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     cmd = [sys.executable, "-m", "internvl.serve", "--model", str(serve_models["image"]), "--model",
            str(serve_models["slide"]), "--model", str(serve_models["volume"]), "--data-root", str(serve_root),
-           "--port", str(port), "--max-new-tokens", "6", "--device", "cpu"]
+           "--port", str(port), "--max-new-tokens", "6", "--device", "cpu",
+           # the fixture slide carries no real scale and tiny boxes: read it at 0.5 um/px, keep small tissue
+           "--media-option", "slide_mpp=0.5", "--media-option", 'tissue={"min_area_um2": 0}']
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)

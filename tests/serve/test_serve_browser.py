@@ -85,6 +85,7 @@ def test_fixture_slide_viewer(page):
     pixels = element_pixels(viewer)
     assert non_blank(pixels)
     assert "Deep Zoom levels" in _viewer_info(page)
+    assert _ask(page, "What is on this slide?").strip()  # the model reads the fixture slide's tissue tile
 
 
 def test_synthetic_slide_viewer_and_ask(page):
