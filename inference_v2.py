@@ -51,6 +51,10 @@ def media_refs(args) -> list[tuple[str, str]]:
         kind, sep, path = spec.partition("=")
         if not sep or not kind or not path:
             raise ConfigError(f"--media {spec!r}: expected KIND=PATH")
+        from internvl.media import MEDIA_READERS, list_media_kinds
+
+        if kind not in MEDIA_READERS:  # a misspelt kind would otherwise be a text-only question
+            raise ConfigError(f"--media {spec!r}: no media reader for {kind!r} (known: {', '.join(list_media_kinds())})")
         refs.append((kind, path))
     return refs
 

@@ -46,7 +46,7 @@ internvl_has_flag() {  # internvl_has_flag --flag ARGS...: whether ARGS hold --f
     _flag=$1
     shift
     for _a in "$@"; do
-        [ "$_a" = "$_flag" ] && return 0
+        case "$_a" in "$_flag" | "$_flag"=*) return 0 ;; esac
     done
     return 1
 }

@@ -206,3 +206,30 @@ def test_core_imports_point_one_way(layer, forbidden):
     assert not bad, bad
     core = REPO / "internvl_chat" / "internvl"
     assert not [f for f in core.rglob("*.py") if any(m.startswith("patches") for m in _imports(f))]
+
+
+def test_reserved_image_token_in_a_test_question_is_a_named_error(model, tok):
+    from internvl.errors import DataError
+
+    proc = RowProcessor(model.config, tok)
+    row = {"conversations": [{"from": "human", "value": "what is <IMG_CONTEXT>?"}, {"from": "gpt", "value": "x"}]}
+    with pytest.raises(DataError, match=r"t.jsonl:4: the text contains '<IMG_CONTEXT>'") as err:
+        proc.prompt_inputs(row, "t.jsonl:4")
+    assert err.value.reason == "reserved_token"
+
+
+def test_untied_head_is_saved_when_weights_are_partitioned(model, tmp_path):
+    """Under ZeRO-3 every partitioned weight is an empty tensor (address 0) when the gathered state is saved: the
+    tie test must not mistake an untied lm_head for a tied one and leave it out of the file."""
+    from safetensors.torch import load_file
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = {n: p.data for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.data = torch.empty(0)
+        model.save_pretrained(tmp_path, state_dict=state)
+    finally:
+        for n, p in model.named_parameters():
+            p.data = saved[n]
+    assert "language_model.lm_head.weight" in load_file(str(tmp_path / "model.safetensors"))

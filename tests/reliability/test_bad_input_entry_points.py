@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from internvl.errors import EXIT_BAD_INPUT
@@ -185,3 +186,44 @@ def test_sixteen_bit_grayscale_is_mapped_not_clipped(high_bit_depth_png):
     assert (gray == 255).mean() < 0.01  # PIL's convert("RGB") makes 99%+ of these pixels 255
     expected = np.rint((arr.astype(float) - arr.min()) * 255 / (arr.max() - arr.min()))
     assert np.abs(gray - expected).max() <= 1
+
+
+def test_inference_misspelt_media_kind_is_one_error_line(corpus, tiny_model_dir, capsys):
+    main = _script("inference_v2.py").main
+    code = main(["--model", str(tiny_model_dir), "--media", "imgae=x.png", "--question", "?", "--no-stream",
+                 "--device", "cpu"])
+    assert code == EXIT_BAD_INPUT
+    _one_error_line(capsys.readouterr().err, "no media reader for 'imgae'")
+
+
+def test_universal_checkpoint_loading_needs_trust():
+    from internvl.errors import ConfigError
+    from internvl.train.safe_resume import use_weights_only_deepspeed_loads
+
+    with pytest.raises(ConfigError, match="load_universal"):
+        use_weights_only_deepspeed_loads(False, {"checkpoint": {"load_universal": True}})
+
+
+def test_deepspeed_files_load_weights_only(tmp_path):
+    """A DeepSpeed-style file with the loss scaler loads; one whose pickle would run code is refused, naming it."""
+    import os
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from internvl.model.checkpoint import CheckpointError
+    from internvl.train.safe_resume import load_weights_only
+
+    good = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": LossScaler(1.0), "step": 3}}, good)
+    assert load_weights_only(str(good))["optimizer_state_dict"]["step"] == 3
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt: refused to unpickle"):
+        load_weights_only(str(evil))
+    assert not marker.exists()

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from internvl.constants import IMAGE_PLACEHOLDER
-from internvl.errors import (BAD_ROW, INCOMPATIBLE_KIND, MISSING_FILE, PLACEHOLDER_MISMATCH, UNREADABLE_MEDIA,
-                             DataError)
+from internvl.constants import IMAGE_PLACEHOLDER, RESERVED_IMAGE_TOKENS
+from internvl.errors import (BAD_ROW, INCOMPATIBLE_KIND, MISSING_FILE, PLACEHOLDER_MISMATCH, RESERVED_TOKEN,
+                             UNREADABLE_MEDIA, DataError)
 from internvl.media import MEDIA_READERS, MediaError, reader_for_key, resolve_ref
 from internvl.model.vision.base import encoder_class
 from internvl.prompt import ASSISTANT_ROLES, USER_ROLES, encode_generation_prompt, generation_prompt, preprocess
@@ -202,6 +202,9 @@ class RowProcessor:
         if not isinstance(convs, list) or not convs:
             raise DataError(where, BAD_ROW, "row has no non-empty 'conversations' list")
         convs = [dict(t) if isinstance(t, dict) else t for t in convs]
+        has_system = isinstance(convs[0], dict) and convs[0].get("from") == "system"
+        if self.system_message is not None and not has_system:  # the model's own system prompt, as generation uses
+            convs = [{"from": "system", "value": self.system_message}] + convs
         media = self.load_media(row, where, root=root, dataset_options=dataset_options, is_train=augment)
         users = [t for t in convs if isinstance(t, dict) and t.get("from") in USER_ROLES
                  and isinstance(t.get("value"), str)]
@@ -219,6 +222,11 @@ class RowProcessor:
                       dataset_options: dict | None = None) -> PromptInputs:
         """The generation prompt of a row (its last user turn after its history), with its media items."""
         question, history, _, system = split_row(row, where, require_reference=False)
+        for text in [question, *(t for pair in history for t in pair), system or ""]:
+            for token in RESERVED_IMAGE_TOKENS:
+                if token in text:
+                    raise DataError(where, RESERVED_TOKEN, f"the text contains {token!r}, which only the image "
+                                                           f"expansion may produce")
         media = self.load_media(row, where, root=root, dataset_options=dataset_options)
         texts = self._normalise([q for q, _ in history] + [question], media.kinds, where)
         history = [(q, a) for q, (_, a) in zip(texts[:-1], history)]

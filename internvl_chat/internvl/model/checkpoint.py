@@ -200,7 +200,9 @@ def save_model(model, path: str, state_dict: dict | None = None, max_shard_bytes
     state = dict(state_dict if state_dict is not None else model.state_dict())
     llm = model.language_model
     head, emb = llm.get_output_embeddings(), llm.get_input_embeddings()
-    tied = head is not None and head.weight.data_ptr() == emb.weight.data_ptr()
+    # the same Parameter object, not the same storage: under ZeRO-3 every partitioned weight is an empty tensor at
+    # address 0, which would make an untied head look tied (and leave it out of the file)
+    tied = head is not None and head.weight is emb.weight
     if tied:  # one storage, written once; loading re-ties when the head key is absent
         state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_to_disk(model, state).items()}

@@ -82,12 +82,17 @@ def parse_tower_flags(vision_model=(), vision_overrides=(), projector=(), projec
     return list(changes.values())
 
 
+def touches_primary(config: InternVLChatConfig, change: TowerChange) -> bool:
+    """Whether a change is about the primary tower (bare form, or a kind the primary reads and no extra tower)."""
+    primary_kinds = set(encoder_class(config.vision_config).media_kinds(config.vision_config))
+    return change.kind is None or (change.kind in primary_kinds and change.kind not in config.vision_towers)
+
+
 def apply_tower_changes(config: InternVLChatConfig, changes: list[TowerChange], *,
                         downsample_ratio: float | None = None) -> tuple[InternVLChatConfig, dict, set]:
     """The config with ``changes`` applied; the new encoders built (``{tower: encoder}``, ``None`` = primary, so
     weights a factory loaded are not lost); and the towers whose projector is new (its encoder or itself changed).
     Untouched towers keep their config."""
-    primary_kinds = set(encoder_class(config.vision_config).media_kinds(config.vision_config))
     fields = config.to_dict()
     towers = {k: dict(t, vision_config=config.vision_towers[k]["vision_config"]) for k, t in
               fields.pop("vision_towers").items()}
@@ -95,8 +100,12 @@ def apply_tower_changes(config: InternVLChatConfig, changes: list[TowerChange], 
     built: dict[str | None, object] = {}
     new_projectors: set = set()
     for c in changes:
-        to_primary = c.kind is None or (c.kind in primary_kinds and c.kind not in towers)
+        to_primary = touches_primary(config, c)
         encoder = create_vision_model(c.encoder, **c.overrides) if c.encoder else None
+        if encoder is not None and c.kind is not None and c.kind not in encoder_class(encoder.config).media_kinds(
+                encoder.config):
+            raise ConfigError(f"--vision_model {c.kind}={c.encoder}: {c.encoder!r} reads "
+                              f"{list(encoder_class(encoder.config).media_kinds(encoder.config))}, not {c.kind!r}")
         if to_primary:
             if encoder is not None:
                 fields["vision_config"] = encoder.config
@@ -154,4 +163,4 @@ def compose_towers(model, changes: list[TowerChange], *, downsample_ratio: float
     return new
 
 
-__all__ = ["TowerChange", "apply_tower_changes", "compose_towers", "parse_tower_flags"]
+__all__ = ["TowerChange", "apply_tower_changes", "compose_towers", "parse_tower_flags", "touches_primary"]

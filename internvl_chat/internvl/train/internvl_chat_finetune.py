@@ -193,11 +193,15 @@ def check_vision_geometry(model, data_args) -> None:
 def replace_vision_side(model, model_args, data_args):
     """New encoders / projectors / extra towers (``--vision_model [KIND=]NAME`` ...) around the loaded LLM
     (``internvl.model.towers.compose_towers``)."""
-    from internvl.model.towers import compose_towers, parse_tower_flags
+    from internvl.model.towers import compose_towers, parse_tower_flags, touches_primary
 
     changes = parse_tower_flags(model_args.vision_model, model_args.vision_overrides, model_args.projector,
                                 model_args.projector_config)
-    new = compose_towers(model, changes, downsample_ratio=data_args.down_sample_ratio)
+    if any(touches_primary(model.config, c) for c in changes):  # a new primary projector takes --down_sample_ratio
+        new = compose_towers(model, changes, downsample_ratio=data_args.down_sample_ratio)
+    else:  # only extra towers: the loaded primary tower must keep its geometry, as without vision flags
+        check_vision_geometry(model, data_args)
+        new = compose_towers(model, changes)
     logger.info("vision side: %s (new parts start from their factories' weights); LLM kept from %s",
                 {("primary" if k is None else k): v.config.encoder_name for k, v in new.vision_encoders().items()},
                 model_args.model_name_or_path)
@@ -292,7 +296,7 @@ def run(argv: list[str] | None = None) -> int:
     if training_args.deepspeed:
         from internvl.train.safe_resume import use_weights_only_deepspeed_loads
 
-        use_weights_only_deepspeed_loads(training_args.trust_checkpoint_pickles)
+        use_weights_only_deepspeed_loads(training_args.trust_checkpoint_pickles, training_args.deepspeed)
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args, data_args)

@@ -16,6 +16,7 @@ import pickle
 
 import torch
 
+from internvl.errors import ConfigError
 from internvl.model.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,22 @@ def load_weights_only(path: str, map_location=None):
                               f"--trust_checkpoint_pickles True") from exc
 
 
-def use_weights_only_deepspeed_loads(trust_pickles: bool = False) -> None:
-    """Route DeepSpeed's checkpoint reads through ``load_weights_only`` (unless the user trusts the pickles)."""
+def use_weights_only_deepspeed_loads(trust_pickles: bool = False, deepspeed_config=None) -> None:
+    """Route DeepSpeed's checkpoint reads through ``load_weights_only`` (unless the user trusts the pickles).
+
+    DeepSpeed's universal-checkpoint loading (``checkpoint.load_universal``) calls ``torch.load`` itself, past the
+    engine: it is refused unless the pickles are trusted."""
+    import json
+
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
+    cfg = deepspeed_config
+    if isinstance(cfg, str):
+        with open(cfg, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    if isinstance(cfg, dict) and (cfg.get("checkpoint") or {}).get("load_universal") and not trust_pickles:
+        raise ConfigError("DeepSpeed config sets checkpoint.load_universal, whose loader unpickles without "
+                          "restriction; pass --trust_checkpoint_pickles True for a universal checkpoint you made")
     if trust_pickles:
         logger.warning("--trust_checkpoint_pickles: DeepSpeed checkpoint files are unpickled without restriction")
         return

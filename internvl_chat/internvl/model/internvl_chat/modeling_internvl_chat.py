@@ -133,22 +133,26 @@ class InternVLChatModel(PreTrainedModel):
             flags = {None: image_flags} if image_flags is not None else {}
             order = None
         feats: dict[Any, list[torch.Tensor]] = {}
-        used_towers = set()
-        for kind, items in by_kind.items():
-            used_towers.add(self.config.tower_of(kind))
         towers_in_order = [None] + sorted(self.vision_towers)
-        for tower in towers_in_order:  # a fixed order, so every rank calls the towers alike
+        for tower in towers_in_order:  # a fixed order and one call per tower, so every rank calls them alike
             kinds_here = [k for k in by_kind if self.config.tower_of(k) == tower]
-            for kind in kinds_here:
-                out = _items(self.extract_feature(by_kind[kind], kind))
+            if not kinds_here:
+                if self.training and torch.is_grad_enabled():
+                    zero = zero + self._dummy_zero(tower, device)
+                continue
+            parts = [_items(by_kind[k]) for k in kinds_here]
+            joined = [it for part in parts for it in part]
+            same = all(it.shape == joined[0].shape for it in joined)
+            out = _items(self.extract_feature(torch.stack(joined) if same else joined, kinds_here[0]))
+            start = 0
+            for kind, part in zip(kinds_here, parts):
+                mine, start = out[start:start + len(part)], start + len(part)
                 keep = flags.get(kind)
-                keep = [1] * len(out) if keep is None else keep.reshape(-1).tolist()
-                if len(keep) != len(out):
-                    raise ValueError(f"image_flags has {len(keep)} entries for {len(out)} {kind or 'vision'} items")
-                feats[kind] = [f for f, k in zip(out, keep) if k]
-                zero = zero + sum((f.float().sum() * 0.0 for f, k in zip(out, keep) if not k), zero)
-            if tower not in used_towers and self.training and torch.is_grad_enabled():
-                zero = zero + self._dummy_zero(tower, device)
+                keep = [1] * len(mine) if keep is None else keep.reshape(-1).tolist()
+                if len(keep) != len(mine):
+                    raise ValueError(f"image_flags has {len(keep)} entries for {len(mine)} {kind or 'vision'} items")
+                feats[kind] = [f for f, k in zip(mine, keep) if k]
+                zero = zero + sum((f.float().sum() * 0.0 for f, k in zip(mine, keep) if not k), zero)
         if order is None:
             real = feats.get(None, [])
         else:
