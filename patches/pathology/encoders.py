@@ -145,6 +145,13 @@ class TimmTileEncoder(VisionEncoder):
         self.post_init()
 
     # ---- contract -------------------------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """``--grad_checkpoint``: timm's own block checkpointing (its modules carry no HF flag)."""
+        self.model.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self):
+        self.model.set_grad_checkpointing(False)
+
     @classmethod
     def config_kwargs_from_dict(cls, cfg: dict) -> dict:
         """Constructor kwargs from a saved/overridden config dict; the preset defaults to the registered name."""
