@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from internvl.data.collate import stack_items
 from internvl.data.processor import RowProcessor
-from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, SkipBudgetExceeded
+from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, InputError, SkipBudgetExceeded
 from internvl.evaluation.base import EVAL_TASKS, create_task
 from internvl.evaluation.testset import Sample, read_samples
 
@@ -122,9 +122,12 @@ def score_records(samples: list[Sample], predictions: dict[str, str]) -> list[di
         if s.uid not in predictions:
             continue
         task = tasks.get(s.task) or tasks.setdefault(s.task, create_task(s.task))
-        sample = {**s.row, "question": s.question, "reference": s.reference, "dataset": s.dataset}
+        sample = {**s.row, "question": s.question, "reference": s.reference, "dataset": s.dataset,
+                  "where": s.where, "media_root": s.root}
         try:
             fields = task.score(predictions[s.uid], sample)
+        except InputError:  # a task's own named error already names the row (``sample["where"]``)
+            raise
         except Exception as exc:  # a bad test row (not a bad prediction): name it and stop
             raise ValueError(f"{s.where}: task {s.task!r} cannot score this row "
                              f"(prediction {predictions[s.uid][:80]!r}): {exc}") from exc
