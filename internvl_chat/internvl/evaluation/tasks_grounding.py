@@ -19,7 +19,7 @@ from ``torchmetrics.detection.MeanAveragePrecision`` (every predicted box scored
 confidence); for 3D rows mAP is listed under ``not_computed``.
 
 Plots per dataset: an IoU histogram (grounding) and, for 2D rows whose image is readable, up to six images with
-the reference (green) and predicted (red) boxes drawn on them.
+the reference (green) and predicted (red, dashed) boxes drawn on them.
 """
 from __future__ import annotations
 
@@ -193,18 +193,18 @@ def _overlays(records: list[dict], path: str) -> str | None:
     fig, axes = new_figure(1, len(shown), figsize=(3 * len(shown), 3.2), squeeze=False)
     for ax, (r, im) in zip(axes[0], shown):
         ax.imshow(im)
-        for boxes, color in ((r["true_boxes"], "lime"), ([b for b in r["pred_boxes"] if b], "red")):
+        for boxes, color, style in ((r["true_boxes"], "lime", "-"), ([b for b in r["pred_boxes"] if b], "red", "--")):
             for b in boxes:
                 x1, y1, x2, y2 = grounding.to_pixels_2d(b, *im.size)
-                ax.add_patch(_rect(x1, y1, x2, y2, color))
+                ax.add_patch(_rect(x1, y1, x2, y2, color, style))
         score = f"IoU {r['iou']:.2f}" if "iou" in r else f"TP {r['tp50']}/{len(r['true_boxes'])}"
         ax.set_title(f"{os.path.basename(str(r.get('source')))}:{r.get('line')}  {score}", fontsize=8)
         ax.axis("off")
-    fig.suptitle("reference (green) and predicted (red) boxes", fontsize=9)
+    fig.suptitle("reference (green) and predicted (red, dashed) boxes", fontsize=9)
     return save_figure(fig, path)
 
 
-def _rect(x1, y1, x2, y2, color):
+def _rect(x1, y1, x2, y2, color, style):
     from matplotlib.patches import Rectangle
 
-    return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5)
+    return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5, linestyle=style)
