@@ -26,7 +26,7 @@ MALFORMED_BOX = "malformed_box"
 SCALE = 1000
 
 _NUM = r"-?\d+(?:\.\d+)?"
-_GROUP = re.compile(r"(?:<ref>(.*?)</ref>\s*)?<box>(.*?)</box>", re.S)
+_GROUP = re.compile(r"(?:<ref>(.*?)</ref>\s*)?<box>(.*?)</box>", re.DOTALL)
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _STRICT_CONTENT = re.compile(r"\s*\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]\s*")
 
@@ -125,7 +125,7 @@ def parse_answer(text: str, dims: int | None = None) -> ParsedAnswer:
 
 def format_grounded(boxes, phrase: str | None = None) -> str:
     """``<ref>phrase</ref><box>[[...], ...]</box>`` with integer coordinates (the training-data form)."""
-    body = ", ".join("[" + ", ".join(str(int(round(v))) for v in b) + "]" for b in boxes)
+    body = ", ".join("[" + ", ".join(str(round(v)) for v in b) + "]" for b in boxes)
     ref = f"<ref>{phrase}</ref>" if phrase is not None else ""
     return f"{ref}<box>[{body}]</box>"
 

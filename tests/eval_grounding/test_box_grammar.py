@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
-from internvl.grounding import (MalformedBoxError, box_iou, format_grounded, normalize_2d, parse_answer,
-                                parse_grounded, to_pixels_2d)
+from internvl.grounding import (
+    MalformedBoxError,
+    box_iou,
+    format_grounded,
+    normalize_2d,
+    parse_answer,
+    parse_grounded,
+    to_pixels_2d,
+)
 
 
 def test_strict_parses_2d_and_3d_groups():

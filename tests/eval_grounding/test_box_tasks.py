@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from internvl.evaluation import create_task
 from internvl.grounding import MalformedBoxError
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 

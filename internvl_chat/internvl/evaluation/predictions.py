@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from internvl.errors import InputError
 from internvl.evaluation.runner import score_records, write_results
