@@ -114,3 +114,19 @@ def test_duplicate_test_ids_are_named(demo, tmp_path):
     preds = _write(tmp_path / "p.jsonl", [{"id": rows[0]["id"], "answer": "A"}])
     with pytest.raises(PredictionsError, match=r"dup\.jsonl:2: test row id .* also used by .*dup\.jsonl:1"):
         score_predictions(str(data), str(preds), str(tmp_path / "r.json"), html=False)
+
+
+def test_inference_v2_answers_score_like_the_model_run(tiny_model_dir, model_run, demo, tmp_path):
+    """What ``inference_v2.py --jsonl`` writes is a valid predictions file and gives the model run's metrics."""
+    spec = importlib.util.spec_from_file_location("inference_v2_for_pred", REPO / "inference_v2.py")
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+    answers = tmp_path / "answers.jsonl"
+    assert inference.main(["--model", str(tiny_model_dir), "--jsonl", str(demo / "test_mcq.jsonl"), "--out",
+                           str(answers), "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    scored = score_predictions(str(demo / "test_mcq.jsonl"), str(answers), str(tmp_path / "r.json"), html=False)
+    ours = {k: v for k, v in scored["metrics"]["by_task"]["mcq"].items() if k != "plots"}
+    theirs = {k: v for k, v in model_run["metrics"]["by_dataset"]["demo_mcq"]["mcq"].items() if k != "plots"}
+    assert ours == theirs
+    assert [s["prediction"] for s in scored["samples"]] == \
+        [s["prediction"] for s in model_run["samples"] if s["dataset"] == "demo_mcq"]
