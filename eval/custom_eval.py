@@ -10,7 +10,9 @@
 Rows use the training format (see ``internvl.evaluation.runner``). The task of a row is its ``task`` field, else
 the meta entry's ``task``, else ``--task``, else ``mcq`` when the row has options (an ``options`` field or
 ``A. ...`` lines in the question) and ``open_qa`` otherwise. Tasks come from the registry by name
-(``--list-tasks`` shows them); plugins add theirs (entry points, ``$INTERNVL_PLUGINS``, ``--plugins``).
+(``--list-tasks`` shows them); plugins add theirs (entry points, ``$INTERNVL_PLUGINS``, ``--plugins``). The box
+tasks ``grounding`` (IoU accuracy) and ``detection`` (precision/recall, mAP) read ``<ref>..</ref><box>[[..]]</box>``
+answers in the grammar of ``internvl.grounding`` (``internvl.evaluation.tasks_grounding``).
 
 results.json (``schema_version`` 1)::
 
