@@ -50,6 +50,8 @@ setup(
         "pyyaml",
         "monai>=1.4",
         "jinja2",             # the HTML evaluation report
+        "torchmetrics>=1.4",  # detection mAP (eval task 'detection'); its bbox mAP needs pycocotools
+        "pycocotools",
         "bert-score>=0.3.13",  # --metrics bertscore (model found locally or reported as not computed)
         "gradio>=5,<7",        # the web demo: python -m internvl.serve
     ],

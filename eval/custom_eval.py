@@ -3,12 +3,16 @@
     python eval/custom_eval.py --model DIR --data TEST.jsonl|META.json --out results.json \\
         [--task NAME] [--batch-size 8] [--max-new-tokens 64] [--temperature 0] [--limit N] [--plugins MOD]
         [--metrics meteor,bertscore,radgraph,ratescore,green] [--no-html]
+    python eval/custom_eval.py --data TEST.jsonl|META.json --predictions answers.jsonl --out results.json \
+        [--allow-missing] [--task NAME] [--metrics ...] [--no-html]
     python eval/custom_eval.py compare RUN_A.json RUN_B.json [RUN_C.json ...] [--html compare.html]
 
 Rows use the training format (see ``internvl.evaluation.runner``). The task of a row is its ``task`` field, else
 the meta entry's ``task``, else ``--task``, else ``mcq`` when the row has options (an ``options`` field or
 ``A. ...`` lines in the question) and ``open_qa`` otherwise. Tasks come from the registry by name
-(``--list-tasks`` shows them); plugins add theirs (entry points, ``$INTERNVL_PLUGINS``, ``--plugins``).
+(``--list-tasks`` shows them); plugins add theirs (entry points, ``$INTERNVL_PLUGINS``, ``--plugins``). The box
+tasks ``grounding`` (IoU accuracy) and ``detection`` (precision/recall, mAP) read ``<ref>..</ref><box>[[..]]</box>``
+answers in the grammar of ``internvl.grounding`` (``internvl.evaluation.tasks_grounding``).
 
 results.json (``schema_version`` 1)::
 
@@ -33,6 +37,11 @@ with a paired bootstrap 95% interval and a sign-flip permutation p-value over th
 (``internvl.evaluation.compare``); a terminal table, and an HTML page (``--html``, default
 ``<last run stem>_compare.html``; ``--no-html`` skips it). Exit code 2 for unreadable or mismatched files.
 An interrupted run resumes from ``<out>.partial.jsonl`` (same model, data and generation settings).
+
+``--predictions``: score saved answers (``{"id", "answer"}`` lines, what ``inference_v2.py --jsonl`` writes) with
+the same tasks, plots, report and schema, without a model (``internvl.evaluation.predictions``: rows matched by
+their ``id``, else ``<dataset>:<line>``; unknown or duplicate ids and rows without a prediction are errors naming
+the line; ``--allow-missing`` scores the rest and counts them in ``summary.n_missing`` / ``missing``).
 """
 from __future__ import annotations
 
@@ -50,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="InternVL checkpoint folder (config.json, model.safetensors, tokenizer)")
     p.add_argument("--data", help="test JSONL or meta JSON")
+    p.add_argument("--predictions", metavar="ANSWERS.jsonl",
+                   help="score these saved answers ({'id', 'answer'} per line) instead of running --model")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --predictions: test rows without a prediction are counted, not an error")
     p.add_argument("--out", default="results.json", help="results file (default: results.json)")
     p.add_argument("--task", default=None, help="task for rows that name none (row and meta 'task' come first)")
     p.add_argument("--root", default=None, help="media root for a JSONL (default: the JSONL's folder)")
@@ -132,12 +145,16 @@ def run(argv: list[str] | None = None) -> int:
     if args.list_tasks:
         print("\n".join(list_tasks()))
         return 0
-    if not args.model or not args.data:
-        build_parser().error("--model and --data are required")
+    if not args.data or bool(args.model) == bool(args.predictions):
+        build_parser().error("--data and exactly one of --model or --predictions are required")
+    if args.predictions and args.limit is not None:
+        build_parser().error("--limit applies to model runs; score a predictions file against the whole test set")
+    if args.allow_missing and not args.predictions:
+        build_parser().error("--allow-missing applies to --predictions")
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             build_parser().error(f"{flag} must be >= 1")
-    if not os.path.isdir(args.model):
+    if args.model and not os.path.isdir(args.model):
         build_parser().error(f"--model {args.model}: not a folder")
     if not os.path.isfile(args.data):
         build_parser().error(f"--data {args.data}: file not found")
@@ -149,13 +166,22 @@ def run(argv: list[str] | None = None) -> int:
         build_parser().error(f"--metrics: {exc}")
     options = ReportMetricOptions(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
                                   allow_remote_code_green=args.allow_remote_code_green)
-    results = evaluate(args.model, args.data, args.out, task=args.task, root=args.root, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, limit=args.limit,
-                       max_num=args.max_num, max_skip=args.max_skip, device=args.device, dtype=args.dtype,
-                       seed=args.seed, resume=not args.no_resume, progress=not args.no_progress,
-                       report_metrics=names, metric_options=options, html=args.html)
+    if args.predictions:
+        from internvl.evaluation.predictions import score_predictions
+
+        results = score_predictions(args.data, args.predictions, args.out, task=args.task, root=args.root,
+                                    allow_missing=args.allow_missing, report_metrics=names,
+                                    metric_options=options, html=args.html)
+    else:
+        results = evaluate(args.model, args.data, args.out, task=args.task, root=args.root,
+                           batch_size=args.batch_size,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, limit=args.limit,
+                           max_num=args.max_num, max_skip=args.max_skip, device=args.device, dtype=args.dtype,
+                           seed=args.seed, resume=not args.no_resume, progress=not args.no_progress,
+                           report_metrics=names, metric_options=options, html=args.html)
     s = results["summary"]
-    print(f"\n{s['n_scored']} scored, {s['n_skipped']} skipped, {s['n_resumed']} resumed "
+    missing = f", {s['n_missing']} without a prediction" if "n_missing" in s else ""
+    print(f"\n{s['n_scored']} scored, {s['n_skipped']} skipped{missing}, {s['n_resumed']} resumed "
           f"in {s['total_seconds']:.1f}s -> {args.out}")
     print_table(summary_rows(results))
     for name, state in results.get("report_metrics", {}).items():

@@ -8,7 +8,9 @@ Contract (``EvalTask``):
 
 * ``name``: the registry name.
 * ``score(prediction, sample) -> dict``: per-sample record fields (parsed answer, correctness, ...). ``sample`` is
-  the test row (with ``reference`` filled in). Must not raise on unparseable model output: record it as such.
+  the test row (with ``reference`` filled in, ``where`` = ``file:line`` and ``media_root`` for relative media
+  paths). Must not raise on unparseable model output: record it as such. A bad test row raises an
+  ``InputError`` naming ``sample["where"]`` (other exceptions are wrapped with the row's ``file:line``).
 * ``aggregate(records, out_dir) -> dict``: the task's metrics over the records it scored; may write plots
   (PNG) into ``out_dir`` and return their paths under a ``"plots"`` key.
 * ``row_metrics``: ``{aggregate key: per-row record field}`` for the metrics that are a mean over rows (they get

@@ -38,7 +38,7 @@ _PAGE = """<!DOCTYPE html>
 
 _BODY = """
 <table>
-<tr><th>model</th><td>{{ r.model }}</td></tr><tr><th>data</th><td>{{ r.data }}</td></tr>
+<tr><th>model</th><td>{{ r.model or ("predictions: " ~ r.predictions) }}</td></tr><tr><th>data</th><td>{{ r.data }}</td></tr>
 <tr><th>generation</th><td>{{ r.generation }}</td></tr>
 <tr><th>rows</th><td>{{ s.n_rows }} ({{ s.n_scored }} scored, {{ s.n_skipped }} skipped)</td></tr>
 {% if status %}<tr><th>report metrics</th><td>{% for k, v in status.items() %}<div>{{ k }}: {{ v }}</div>{% endfor %}</td></tr>{% endif %}
@@ -184,7 +184,8 @@ def render_report(results: dict, out_dir: str, samples: list | None = None) -> s
         datasets.append({"name": ds, "tasks": views})
     body = _env().from_string(_BODY).render(r=results, s=results["summary"], datasets=datasets,
                                             status=results.get("report_metrics", {}))
-    title = f"Evaluation: {os.path.basename(results['model'].rstrip('/'))} on {os.path.basename(results['data'])}"
+    source = results.get("model") or results.get("predictions") or "?"  # saved-predictions runs have no model
+    title = f"Evaluation: {os.path.basename(source.rstrip('/'))} on {os.path.basename(results['data'])}"
     from markupsafe import Markup
 
     return page(title, Markup(body))

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from internvl.data.collate import stack_items
 from internvl.data.processor import RowProcessor
-from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, SkipBudgetExceeded
+from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, InputError, SkipBudgetExceeded
 from internvl.evaluation.base import EVAL_TASKS, create_task
 from internvl.evaluation.testset import Sample, read_samples
 
@@ -122,9 +122,12 @@ def score_records(samples: list[Sample], predictions: dict[str, str]) -> list[di
         if s.uid not in predictions:
             continue
         task = tasks.get(s.task) or tasks.setdefault(s.task, create_task(s.task))
-        sample = {**s.row, "question": s.question, "reference": s.reference, "dataset": s.dataset}
+        sample = {**s.row, "question": s.question, "reference": s.reference, "dataset": s.dataset,
+                  "where": s.where, "media_root": s.root}
         try:
             fields = task.score(predictions[s.uid], sample)
+        except InputError:  # a task's own named error already names the row (``sample["where"]``)
+            raise
         except Exception as exc:  # a bad test row (not a bad prediction): name it and stop
             raise ValueError(f"{s.where}: task {s.task!r} cannot score this row "
                              f"(prediction {predictions[s.uid][:80]!r}): {exc}") from exc
@@ -274,8 +277,6 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
     (``html_report``); ``report_metrics`` names extra text metrics (``report_metrics.REPORT_METRICS``)."""
     import torch
 
-    from internvl.evaluation import report_metrics as extra_metrics
-
     t0 = time.time()
     samples = read_samples(data, task=task, root=root, limit=limit)
     score_records(samples, {s.uid: "" for s in samples})  # unknown tasks, unscorable rows: fail before generating
@@ -296,23 +297,39 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
                          progress=progress)
     gen_seconds = time.time() - t_gen
     records = score_records(samples, cache.done)
+    header = {"model": os.path.abspath(model_dir), "data": os.path.abspath(data),
+              "settings": {"task": task, "root": root, "batch_size": batch_size, "limit": limit, "max_num": max_num,
+                           "max_skip": max_skip, "seed": seed, "device": str(next(model.parameters()).device),
+                           "dtype": str(next(model.parameters()).dtype)},
+              "generation": gen_cfg}
+    summary = {"n_rows": len(samples), "n_scored": len(records), "n_skipped": len(skipped),
+               "n_resumed": len(samples) - len(todo), "generation_seconds": round(gen_seconds, 3)}
+    results = write_results(records, samples, skipped, out, header, summary, t0=t0, report_metrics=report_metrics,
+                            metric_options=metric_options, html=html)
+    os.remove(cache.path)
+    return results
+
+
+def write_results(records: list[dict], samples: list[Sample], skipped: list[dict], out: str, header: dict,
+                  summary: dict, *, t0: float, report_metrics: Iterable[str] = (), metric_options=None,
+                  html: bool = True, extra: dict | None = None) -> dict:
+    """Aggregate scored ``records`` into the results schema, write ``out`` atomically and the HTML report.
+    Shared by the model-in-the-loop run (``evaluate``) and saved-predictions scoring (``evaluation.predictions``);
+    ``header`` holds the run-specific keys (model or predictions, data, settings, generation); ``extra`` keys are
+    added after ``skipped``."""
+    from internvl.evaluation import report_metrics as extra_metrics
+
     metric_status = extra_metrics.compute(records, list(report_metrics), metric_options)
     out_dir = os.path.dirname(os.path.abspath(out))
     plots_dir = os.path.join(out_dir, os.path.splitext(os.path.basename(out))[0] + "_plots")
     results = {
         "schema_version": SCHEMA_VERSION,
-        "model": os.path.abspath(model_dir),
-        "data": os.path.abspath(data),
-        "settings": {"task": task, "root": root, "batch_size": batch_size, "limit": limit, "max_num": max_num,
-                     "max_skip": max_skip, "seed": seed, "device": str(next(model.parameters()).device),
-                     "dtype": str(next(model.parameters()).dtype)},
-        "generation": gen_cfg,
-        "summary": {"n_rows": len(samples), "n_scored": len(records), "n_skipped": len(skipped),
-                    "n_resumed": len(samples) - len(todo), "generation_seconds": round(gen_seconds, 3),
-                    "total_seconds": None},
+        **header,
+        "summary": {**summary, "total_seconds": None},
         "metrics": aggregate(records, plots_dir, out_dir),
         "samples": records,
         "skipped": skipped,
+        **(extra or {}),
     }
     if metric_status:
         extra_metrics.add_aggregates(results["metrics"], records, metric_status)
@@ -327,7 +344,6 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
         from internvl.evaluation.html_report import write_report
 
         write_report(results, html_path, samples)
-    os.remove(cache.path)
     return results
 
 
