@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from internvl.data.collate import stack_items
 from internvl.data.processor import RowProcessor
-from internvl.errors import MISSING_FILE, UNREADABLE_MEDIA, DataError, InputError, SkipBudgetExceeded
+from internvl.errors import BAD_ROW, MISSING_FILE, UNREADABLE_MEDIA, DataError, InputError, SkipBudgetExceeded
 from internvl.evaluation.base import EVAL_TASKS, create_task
 from internvl.evaluation.testset import Sample, read_samples
 
@@ -129,8 +129,8 @@ def score_records(samples: list[Sample], predictions: dict[str, str]) -> list[di
         except InputError:  # a task's own named error already names the row (``sample["where"]``)
             raise
         except Exception as exc:  # a bad test row (not a bad prediction): name it and stop
-            raise ValueError(f"{s.where}: task {s.task!r} cannot score this row "
-                             f"(prediction {predictions[s.uid][:80]!r}): {exc}") from exc
+            raise DataError(s.where, BAD_ROW, f"task {s.task!r} cannot score this row "
+                                              f"(prediction {predictions[s.uid][:80]!r}): {exc}") from exc
         records.append({"uid": s.uid, "id": s.row.get("id"), "dataset": s.dataset, "source": s.source,
                         "line": s.line, "task": s.task, "question": s.question, "reference": s.reference,
                         "prediction": predictions[s.uid], **fields})
