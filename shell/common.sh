@@ -3,7 +3,7 @@
 # A launcher sets its defaults, sources this file by a path relative to itself, and calls internvl_finetune with
 # its own flags followed by the user's ("$@", so the user's win: the last occurrence of a flag counts):
 #
-#   GPUS=${GPUS:-8}; BATCH_SIZE=${BATCH_SIZE:-128}; PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
+#   GPUS=${GPUS:-8}; DEFAULT_BATCH_SIZE=128; PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
 #   OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/my_run}
 #   . "$(dirname "$0")/../common.sh"          # from shell/<area>/x.sh; ../../common.sh one level deeper
 #   internvl_finetune --model_name_or_path pretrained/X --meta_path data/meta.json --conv_style internvl2_5 "$@"
@@ -14,7 +14,8 @@
 #
 # Environment (all optional):
 #   GPUS                    processes per node: GPUs, or CPU processes on a machine without CUDA (default 1)
-#   BATCH_SIZE              global batch size (default PER_DEVICE_BATCH_SIZE * GPUS * NNODES)
+#   BATCH_SIZE              global batch size (default: the launcher's DEFAULT_BATCH_SIZE, raised to
+#                           PER_DEVICE_BATCH_SIZE * GPUS * NNODES when smaller, with a note; without one that product)
 #   PER_DEVICE_BATCH_SIZE   micro batch per process (default 1)
 #                           GRADIENT_ACC = BATCH_SIZE / PER_DEVICE_BATCH_SIZE / (GPUS * NNODES)
 #   OUTPUT_DIR              checkpoints, tensorboard runs/, training_log.txt and the final model
@@ -87,7 +88,14 @@ done
 [ "$PER_DEVICE_BATCH_SIZE" -ge 1 ] || internvl_die "PER_DEVICE_BATCH_SIZE must be >= 1"
 
 if [ "$LAUNCHER" = slurm ]; then WORLD=$GPUS; else WORLD=$((GPUS * NNODES)); fi
-BATCH_SIZE=${BATCH_SIZE:-$((PER_DEVICE_BATCH_SIZE * WORLD))}
+if [ -z "${BATCH_SIZE:-}" ]; then
+    BATCH_SIZE=${DEFAULT_BATCH_SIZE:-$((PER_DEVICE_BATCH_SIZE * WORLD))}
+    if [ "$BATCH_SIZE" -lt $((PER_DEVICE_BATCH_SIZE * WORLD)) ]; then
+        echo "note: the launcher's global batch $BATCH_SIZE is smaller than PER_DEVICE_BATCH_SIZE=$PER_DEVICE_BATCH_SIZE" \
+            "x $WORLD processes; using $((PER_DEVICE_BATCH_SIZE * WORLD)) (set BATCH_SIZE to choose)" >&2
+        BATCH_SIZE=$((PER_DEVICE_BATCH_SIZE * WORLD))
+    fi
+fi
 internvl_is_uint "$BATCH_SIZE" || internvl_die "BATCH_SIZE must be a whole number, got '$BATCH_SIZE'"
 GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / WORLD))
 [ "$GRADIENT_ACC" -ge 1 ] ||

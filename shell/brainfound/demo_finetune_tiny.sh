@@ -10,7 +10,7 @@
 # BATCH_SIZE as in shell/common.sh.
 GPUS=${GPUS:-1}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-8}
-BATCH_SIZE=${BATCH_SIZE:-8}
+DEFAULT_BATCH_SIZE=8  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/brainfound_tiny/stage3}
 MODEL=${MODEL:-pretrained/InternVL-tiny}
 META_PATH=${META_PATH:-data/demo_brainfound/stage3/train_meta.json}

@@ -18,7 +18,7 @@
 # path does not use them. Environment (GPUS, PER_DEVICE_BATCH_SIZE, BATCH_SIZE, OUTPUT_DIR, ...): shell/common.sh.
 GPUS=${GPUS:-8}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-1}
-BATCH_SIZE=${BATCH_SIZE:-32}
+DEFAULT_BATCH_SIZE=32  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/brainfound/stage3_lora}
 MODEL=${MODEL:-pretrained/InternVL2_5-8B}
 META_PATH=${META_PATH:-shell/brainfound/data/brainfound_example.json}

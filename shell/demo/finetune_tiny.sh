@@ -18,7 +18,7 @@
 # batch 4 x 5e-4 for 5 epochs (0.68) or with adam_beta2 0.95 (0.605); a 4-layer tiny LLM had not after 1750 steps.
 GPUS=${GPUS:-1}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
-BATCH_SIZE=${BATCH_SIZE:-4}
+DEFAULT_BATCH_SIZE=4  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/demo/internvl_tiny_finetune}
 MODEL=${MODEL:-pretrained/InternVL-tiny}
 META_PATH=${META_PATH:-data/demo/train_meta.json}

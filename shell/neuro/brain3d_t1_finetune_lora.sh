@@ -18,7 +18,7 @@
 # by the volume path. Environment (GPUS, PER_DEVICE_BATCH_SIZE, BATCH_SIZE, OUTPUT_DIR, ...): shell/common.sh.
 GPUS=${GPUS:-8}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
-BATCH_SIZE=${BATCH_SIZE:-64}
+DEFAULT_BATCH_SIZE=64  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/neuro/brain3d_t1_lora}
 MODEL=${MODEL:-pretrained/InternVL2_5-1B}
 META_PATH=${META_PATH:-shell/neuro/data/brain3d_t1_example.json}

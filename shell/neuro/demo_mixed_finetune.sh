@@ -5,7 +5,7 @@
 # OUTPUT_DIR override the paths; extra flags pass through. Environment and CPU fallback: shell/common.sh.
 GPUS=${GPUS:-1}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-16}
-BATCH_SIZE=${BATCH_SIZE:-16}
+DEFAULT_BATCH_SIZE=16  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/demo_mixed/finetune}
 MODEL=${MODEL:-work_dirs/demo_mixed/start}
 META_PATH=${META_PATH:-data/demo_mixed/train_meta.json}

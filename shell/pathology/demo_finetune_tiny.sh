@@ -12,7 +12,7 @@
 # MODEL, META_PATH, OUTPUT_DIR override the paths; GPUS / PER_DEVICE_BATCH_SIZE / BATCH_SIZE as in shell/common.sh.
 GPUS=${GPUS:-1}
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-8}
-BATCH_SIZE=${BATCH_SIZE:-8}
+DEFAULT_BATCH_SIZE=8  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/demo_pathology/slide_tiny_finetune}
 MODEL=${MODEL:-pretrained/InternVL-tiny}
 META_PATH=${META_PATH:-data/demo_pathology/meta_train.json}

@@ -30,7 +30,7 @@
 # MODEL (default pretrained/InternVL2_5-1B), META_PATH and OUTPUT_DIR override the paths; GPUS / BATCH_SIZE /
 # PER_DEVICE_BATCH_SIZE and the CPU fallback as in shell/common.sh.
 GPUS=${GPUS:-8}
-BATCH_SIZE=${BATCH_SIZE:-64}
+DEFAULT_BATCH_SIZE=64  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-2}
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/pathology/internvl2_5_1b_virchow2_wsi_lora}
 MODEL=${MODEL:-pretrained/InternVL2_5-1B}

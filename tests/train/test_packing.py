@@ -5,7 +5,10 @@ fp32 on CPU, the tiny model; samples mix image rows (several tiles) and text row
 """
 from __future__ import annotations
 
+import json
 import random
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -20,6 +23,8 @@ from internvl.train.dataset import SupervisedDataset
 from internvl.train.packing import PackedDataset, merge_samples, plan_packs
 from internvl.train.sampling import TrainDataset
 from torch.utils.data import ConcatDataset
+
+from finetune_helpers import REPO, launcher_env, logged_losses, run_launcher
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,73 @@ def test_packs_never_split_an_image_token_run(tiny, mixed_dataset):
             assert start == len(ids)
             n_items = sum(packed.sizes[i][1] for i in packed.packs[p])
             assert len(pack["pixel_values"]) == n_items
+
+
+# ------------------------------------------------------------------------------------------- launcher runs
+PACK_FLAGS = ("--use_packed_ds", "True", "--max_packed_tokens", "1024", "--num_images_expected", "12")
+
+
+def test_resume_mid_epoch_with_packing(tiny_model_dir, small_demo, tmp_path):
+    """Stopped after step 3 of an epoch of packs and relaunched: steps 4-6 log the uninterrupted losses."""
+    def run(out):
+        return run_launcher(*PACK_FLAGS, "--max_steps", "6", "--save_steps", "3", "--logging_steps", "1",
+                            "--learning_rate", "1e-3", "--seed", "3", "--data_seed", "7", "--report_to", "none",
+                            "--loss_reduction", "square", GPUS="1", PER_DEVICE_BATCH_SIZE="1", BATCH_SIZE="1",
+                            MODEL=str(tiny_model_dir), META_PATH=str(small_demo / "train_meta.json"),
+                            OUTPUT_DIR=str(out))
+
+    full = tmp_path / "full"
+    log = run(full)
+    assert "packs of <= 1024 tokens" in log.stdout + log.stderr
+    reference = logged_losses(full)
+    state = json.loads((full / "trainer_state.json").read_text())
+    assert state["log_history"][-2]["epoch"] < 1  # six steps are part of one epoch: a mid-epoch resume
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    run(resumed)
+    again = logged_losses(resumed)
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+
+
+def test_zero3_with_packing_on_two_cpu_processes(tiny_model_dir, small_demo, tmp_path):
+    out = tmp_path / "zero3_packed"
+    proc = run_launcher(*PACK_FLAGS, "--deepspeed", "zero_stage3_config.json", "--max_steps", "3",
+                        "--logging_steps", "1", "--report_to", "none", GPUS="2", PER_DEVICE_BATCH_SIZE="1",
+                        BATCH_SIZE="2", MODEL=str(tiny_model_dir), META_PATH=str(small_demo / "train_meta.json"),
+                        OUTPUT_DIR=str(out))
+    log = proc.stdout + proc.stderr
+    assert "process 0/2" in log and "process 1/2" in log and "LLM attention internvl_varlen" in log
+    assert sorted(logged_losses(out)) == [1, 2, 3]
+    assert (out / "training_finished.json").exists()
+
+
+LORA_SCRIPT = "shell/internvl2.5/2nd_finetune/internvl2_5_1b_dynamic_res_2nd_finetune_lora.sh"
+
+
+def test_internvl_lora_script_with_packed_flags(tiny_model_dir, small_demo, tmp_path):
+    """``GPUS=8 sh ..._lora.sh --use_packed_ds True --max_packed_tokens 8192``: the launch parses (dry run of 8
+    processes), and the same script trains on this CPU with one process on the tiny model."""
+    from internvl.train.internvl_chat_finetune import parse_args
+
+    proc = subprocess.run(["sh", LORA_SCRIPT, "--use_packed_ds", "True", "--max_packed_tokens", "8192"], cwd=REPO,
+                          env=launcher_env(DRY_RUN="1", INTERNVL_DEVICE="cpu", GPUS="8"), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = proc.stdout.splitlines()
+    assert "--nproc_per_node=8" in argv
+    script_args = argv[next(i for i, a in enumerate(argv) if a.endswith("internvl_chat_finetune.py")) + 1:]
+    _, data_args, training_args, _ = parse_args(script_args + ["--output_dir", str(tmp_path / "dry")])
+    assert data_args.use_packed_ds and data_args.max_packed_tokens == 8192 and data_args.num_images_expected == 40
+
+    out = tmp_path / "lora_packed"
+    run = run_launcher("--use_packed_ds", "True", "--max_packed_tokens", "8192", "--max_steps", "2",
+                       "--dataloader_num_workers", "0", "--conv_style", "Hermes-2", "--force_image_size", "112",
+                       "--max_dynamic_patch", "4", "--report_to", "none",
+                       "--save_strategy", "no", script=LORA_SCRIPT, GPUS="1", BATCH_SIZE="2",
+                       PER_DEVICE_BATCH_SIZE="2", MODEL=str(tiny_model_dir),
+                       META_PATH=str(small_demo / "train_meta.json"), OUTPUT_DIR=str(out))
+    log = run.stdout + run.stderr
+    assert "--group_by_length is ignored with --use_packed_ds" in log
+    assert sorted(logged_losses(out)) == [1, 2]

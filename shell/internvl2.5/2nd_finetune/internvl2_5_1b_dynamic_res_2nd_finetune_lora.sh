@@ -13,7 +13,7 @@
 # Differences from InternVL's script: no --overwrite_output_dir (re-running resumes from the last complete
 # checkpoint), --bf16 only on GPUs, MASTER_PORT/OUTPUT_DIR taken from the environment.
 GPUS=${GPUS:-2}
-BATCH_SIZE=${BATCH_SIZE:-16}
+DEFAULT_BATCH_SIZE=16  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/internvl_chat_v2_5/internvl2_5_1b_dynamic_res_2nd_finetune_lora}
 MODEL=${MODEL:-pretrained/InternVL2_5-1B}

@@ -15,7 +15,7 @@
 # InternVL ships no 3.0 LoRA script: this one is the 2.5 LoRA recipe (LLM LoRA r=16, lr 4e-5, all else
 # frozen) with 3.0's data settings (max_dynamic_patch 12, max_seq_length 16384, weight decay 0.05).
 GPUS=${GPUS:-2}
-BATCH_SIZE=${BATCH_SIZE:-16}
+DEFAULT_BATCH_SIZE=16  # global batch unless BATCH_SIZE is set (raised to PER_DEVICE_BATCH_SIZE x processes if smaller)
 PER_DEVICE_BATCH_SIZE=${PER_DEVICE_BATCH_SIZE:-4}
 OUTPUT_DIR=${OUTPUT_DIR:-work_dirs/internvl_chat_v3/internvl3_1b_dynamic_res_2nd_finetune_lora}
 MODEL=${MODEL:-pretrained/InternVL3-1B}
