@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from internvl.media.base import MediaError, MediaReader, register_media_reader
+from internvl.media.base import BoxesUnsupportedError, MediaError, MediaReader, register_media_reader
 from internvl.constants import NORMALIZE_STATS
 
 logger = logging.getLogger(__name__)
@@ -231,6 +231,26 @@ class ImageReader(MediaReader):
 
     def max_items(self) -> int:
         return self.max_num + int(self.use_thumbnail and self.max_num > 1) if self.dynamic else 1
+
+    def map_boxes(self, ref: Any, boxes, space: str, *, is_train: bool = False) -> list[tuple[int, ...]]:
+        """Pixel boxes on the original image -> 0-1000 relative to it (InternVL's convention, so tiling, the
+        thumbnail and ``pad2square`` never change them; training augmentation here is JPEG only, no geometry).
+        Reads the image header for its size only."""
+        from internvl.grounding import normalize_edges
+
+        if space != "pixel":
+            raise BoxesUnsupportedError(f"{ref}: 2D images take 'pixel' boxes, got space {space!r}")
+        if not isinstance(ref, str):
+            raise MediaError(f"{ref!r}: an image reference must be a path string")
+        try:
+            with Image.open(ref) as img:
+                width, height = img.size
+        except FileNotFoundError as exc:
+            raise MediaError(f"{ref}: file not found") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise MediaError(f"{ref}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        return [normalize_edges([(b[0], b[2]), (b[1], b[3])], (width, height),
+                                f"{ref}: pixel box {list(b)} on a {width}x{height} image") for b in boxes]
 
     def check(self, ref: Any) -> None:
         """Cheap validation: the file exists and PIL can identify and verify it (no decoding)."""
