@@ -233,6 +233,11 @@ def row_boxes(row: dict, where: str) -> list[SourceBoxes]:
     return out
 
 
+def named_box_refs(text: str) -> list[str]:
+    """The names of the ``<box>name</box>`` references in ``text`` (in order)."""
+    return _NAMED_BOX.findall(text or "")
+
+
 def fill_box_refs(text: str, placed: dict[str, list], where: str, used: set | None = None) -> str:
     """``<box>name</box>`` -> ``<box>[[...]]</box>`` with ``placed[name]`` (0-1000 boxes); names it fills are
     added to ``used``. An unknown name is a ``MalformedBoxError(where)``."""

@@ -1,5 +1,6 @@
 """3D box plots of the ``grounding``/``detection`` tasks: three orthogonal slices through the reference box centre
-with the reference and predicted boxes, written per dataset next to the 2D overlays."""
+with the reference and predicted boxes, written per dataset next to the 2D overlays; a scored reference that
+names row boxes instead of holding tokens is a named error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,3 +41,11 @@ def test_planes_show_cross_sections_through_the_true_centre():
     assert rects[2][4] == ":"  # the far box does not cross z = 450: drawn dotted (projection)
     assert [(p.get_x(), p.get_y()) for p in coronal.patches][:2] == [(100, 300), (150, 350)]  # x-z
     assert [(p.get_x(), p.get_y()) for p in sagittal.patches][:2] == [(200, 300), (250, 350)]  # y-z
+
+
+def test_reference_naming_row_boxes_is_a_named_error():
+    from internvl.grounding import MalformedBoxError
+
+    with pytest.raises(MalformedBoxError, match=r"v.jsonl:1: the reference names row boxes \['lesion'\]"):
+        create_task("grounding").score("x", {"reference": "<ref>lesion</ref><box>lesion</box>", "where": "v.jsonl:1",
+                                             "boxes": {"lesion": {"space": "pixel", "coords": [[0, 0, 1, 1]]}}})

@@ -88,3 +88,31 @@ def test_spatial_augmentation_refuses_boxes(lesion_files):
     still = VolumeReader(reader.config, {"volume_augment": {"flip_axes": [], "permute_axes": None}})
     assert still.map_boxes(lesion_files["RAS"], [world_box()], "world", is_train=True) == \
         reader.map_boxes(lesion_files["RAS"], [world_box()], "world")
+
+
+def test_oblique_affine_world_box_encloses_lesion(tmp_path):
+    """A 20-degree oblique acquisition: the world box (around the lesion's 8 world corners) is mapped corner by
+    corner, so the box in the prepared grid still holds every lesion voxel (it cannot be tight)."""
+    from tests.grounding_preprocess.conftest import lesion_volume
+
+    a = np.deg2rad(20)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.0, 1.0, 1.0])
+    affine[:3, 3] = [-10, 5, -12]
+    path = str(tmp_path / "oblique.nii.gz")
+    nib.save(nib.Nifti1Image(lesion_volume(), affine), path)
+    (x1, x2), (y1, y2), (z1, z2) = LESION
+    corners = np.array([[i, j, k] for i in (x1 - 0.5, x2 + 0.5) for j in (y1 - 0.5, y2 + 0.5) for k in (z1 - .5, z2 + .5)])
+    world = nib.affines.apply_affine(affine, corners)
+    reader = volume_reader(target_spacing=None, volume_shape=None)
+    (tokens,) = reader.map_boxes(path, [[*world.min(0), *world.max(0)]], "world")
+    item = reader.load(path)[0][0].numpy()
+    lo_hi = _box_in_voxels(tokens, item.shape)
+    centres = np.argwhere(item > 0.5) + 0.5
+    unit = np.array(item.shape) / 1000
+    assert (centres >= np.array([lo for lo, _ in lo_hi]) - unit).all()
+    assert (centres <= np.array([hi for _, hi in lo_hi]) + unit).all()
+    size = np.array([hi - lo for lo, hi in lo_hi])
+    tight = np.array([z2 - z1 + 1, y2 - y1 + 1, x2 - x1 + 1])  # RAS-closest grid: (D, H, W) = (z, y, x)
+    assert (size >= tight - 2 * unit).all() and size[1:].sum() > tight[1:].sum()  # larger in the rotated plane

@@ -40,6 +40,11 @@ def _reference(sample: dict) -> list[grounding.Grounding]:
     ref = sample.get("reference")
     if not isinstance(ref, str):
         raise grounding.MalformedBoxError(sample["where"], f"box reference must be text, got {type(ref).__name__}")
+    named = grounding.named_box_refs(ref)
+    if named:  # placing needs the media reader of the model's tower, which scoring does not have
+        raise grounding.MalformedBoxError(sample["where"], f"the reference names row boxes {named} "
+                                                           f"(<box>name</box>); a scored reference must hold the "
+                                                           f"0-1000 tokens themselves")
     return grounding.parse_grounded(ref, sample["where"])
 
 
