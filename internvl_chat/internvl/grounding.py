@@ -33,8 +33,9 @@ file and let the pipeline place them::
   ``[x1, y1, z1, x2, y2, z2]`` two opposite corners in millimetres of the scanner/world RAS+ frame that the file's
   affine maps to, nibabel's convention). Every box has each min <= its max.
 * The rule in the text: ``<box>name</box>`` (a box tag whose content is a name, not a list) is replaced by
-  ``<box>[[...], ...]</box>``: the entry's boxes on 0-1000 as above, in every conversation turn and an ``answer``
-  field (``fill_box_refs``). Every name used must be an entry and every entry must be used.
+  ``<box>[[...], ...]</box>``: the entry's boxes on 0-1000 as above, in every conversation turn and the
+  ``question`` / ``answer`` fields (``fill_box_refs``). Every name used must be an entry and every entry used.
+  Scored evaluation references must hold the tokens themselves (scoring has no reader; a name is an error).
 * The media reader maps the boxes (``MediaReader.map_boxes``) through exactly the geometry its items go through.
   A box that reaches outside the field of view that the preprocessed media keep (or outside the source file) by
   more than ``BOX_VIEW_TOLERANCE`` of a voxel/pixel is an error (``box_out_of_view``; a counted skip under
@@ -253,14 +254,14 @@ def fill_box_refs(text: str, placed: dict[str, list], where: str, used: set | No
     return _NAMED_BOX.sub(repl, text)
 
 
-def check_in_view(lo_hi, sizes, what: str) -> None:
+def check_in_view(lo_hi, sizes, what: str, axis_names: str = "xyz") -> None:
     """``BoxOutOfViewError`` if an edge interval ``(lo, hi)`` of ``lo_hi`` (one per axis, in the axes of
     ``sizes``) reaches more than ``BOX_VIEW_TOLERANCE`` outside ``0..size``, or is empty inside it."""
     from internvl.media.base import BoxOutOfViewError
 
     for axis, ((lo, hi), n) in enumerate(zip(lo_hi, sizes)):
         if lo < -BOX_VIEW_TOLERANCE or hi > n + BOX_VIEW_TOLERANCE or hi <= 0 or lo >= n:
-            raise BoxOutOfViewError(f"{what}: spans {lo:.2f}..{hi:.2f} along axis {axis} but the field of view "
+            raise BoxOutOfViewError(f"{what}: spans {lo:.2f}..{hi:.2f} along {axis_names[axis]} but the field of view "
                                     f"is 0..{n:g} (box_out_of_view tolerance {BOX_VIEW_TOLERANCE})")
 
 

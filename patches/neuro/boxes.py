@@ -71,7 +71,7 @@ def map_volume_boxes(path: str, preprocessor: VolumePreprocessor, boxes, space: 
         what = f"{path}: {space} box {list(box)}"
         extent = source_extent(box, space, affine)
         check_in_view([(lo + 0.5, hi + 0.5) for lo, hi in zip(extent[:3], extent[3:])], shape,
-                      f"{what} (file grid {'x'.join(map(str, shape))})")
+                      f"{what} (file grid {'x'.join(map(str, shape))})", "ijk")
         mapped = apply_affine_to_boxes(torch.as_tensor(extent[None], dtype=torch.float64),
                                        torch.as_tensor(to_output, dtype=torch.float64))[0].numpy()
         lo_hi_dhw = list(zip(mapped[:3], mapped[3:]))

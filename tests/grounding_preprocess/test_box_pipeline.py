@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from internvl.constants import IGNORE_INDEX

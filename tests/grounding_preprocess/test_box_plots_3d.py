@@ -3,8 +3,6 @@ with the reference and predicted boxes, written per dataset next to the 2D overl
 names row boxes instead of holding tokens is a named error."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
@@ -32,7 +30,7 @@ def test_3d_slice_figure_is_written(tmp_path, name):
 
 
 def test_planes_show_cross_sections_through_the_true_centre():
-    fig, axes = new_figure(1, 3)
+    _, axes = new_figure(1, 3)
     draw_box_planes(axes, [(100, 200, 300, 400, 500, 600)], [(150, 250, 350, 450, 550, 650), (0, 0, 0, 50, 50, 50)])
     axial, coronal, sagittal = axes
     assert axial.get_title() == "axial (z = 450)" and sagittal.get_title() == "sagittal (x = 250)"

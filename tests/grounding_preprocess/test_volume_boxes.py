@@ -103,7 +103,7 @@ def test_oblique_affine_world_box_encloses_lesion(tmp_path):
     path = str(tmp_path / "oblique.nii.gz")
     nib.save(nib.Nifti1Image(lesion_volume(), affine), path)
     (x1, x2), (y1, y2), (z1, z2) = LESION
-    corners = np.array([[i, j, k] for i in (x1 - 0.5, x2 + 0.5) for j in (y1 - 0.5, y2 + 0.5) for k in (z1 - .5, z2 + .5)])
+    corners = np.array([[i, j, k] for i in (x1 - .5, x2 + .5) for j in (y1 - .5, y2 + .5) for k in (z1 - .5, z2 + .5)])
     world = nib.affines.apply_affine(affine, corners)
     reader = volume_reader(target_spacing=None, volume_shape=None)
     (tokens,) = reader.map_boxes(path, [[*world.min(0), *world.max(0)]], "world")

@@ -223,7 +223,10 @@ class RowProcessor:
                 reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
                 raise DataError(where, reason, str(exc)) from exc
         used: set[str] = set()
-        fill = lambda v: grounding.fill_box_refs(v, placed, where, used) if isinstance(v, str) else v  # noqa: E731
+
+        def fill(value):
+            return grounding.fill_box_refs(value, placed, where, used) if isinstance(value, str) else value
+
         out = {**row, **{k: fill(row[k]) for k in ("question", "answer") if k in row}}
         if isinstance(row.get("conversations"), list):
             out["conversations"] = [dict(t, value=fill(t.get("value"))) if isinstance(t, dict) else t
