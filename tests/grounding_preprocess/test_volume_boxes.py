@@ -116,3 +116,20 @@ def test_oblique_affine_world_box_encloses_lesion(tmp_path):
     size = np.array([hi - lo for lo, hi in lo_hi])
     tight = np.array([z2 - z1 + 1, y2 - y1 + 1, x2 - x1 + 1])  # RAS-closest grid: (D, H, W) = (z, y, x)
     assert (size >= tight - 2 * unit).all() and size[1:].sum() > tight[1:].sum()  # larger in the rotated plane
+
+
+def test_dicom_series_gives_the_same_tokens(tmp_path):
+    """The same lesion as an axial DICOM series (LPS, slices in shuffled file order): geometry from the series."""
+    from patches.neuro.synthetic import write_dicom_series
+    from tests.grounding_preprocess.conftest import ORIGIN, SPACING, lesion_volume
+
+    folder = write_dicom_series(lesion_volume(), str(tmp_path / "mr"), spacing=SPACING, modality="MR", origin=ORIGIN)
+    reader = volume_reader()
+    (tokens,) = reader.map_boxes(folder, [world_box()], "world")
+    assert max(abs(a - b) for a, b in zip(tokens, EXPECTED)) <= 1, (tokens, EXPECTED)
+    item = reader.load(folder)[0][0].numpy()
+    centres = np.argwhere(item > 0.5) + 0.5
+    lo_hi = _box_in_voxels(tokens, item.shape)
+    unit = np.array(item.shape) / 1000
+    assert (centres >= np.array([a for a, _ in lo_hi]) - unit).all()
+    assert (centres <= np.array([b for _, b in lo_hi]) + unit).all()
