@@ -31,9 +31,13 @@ TOO_LONG = "too_long"
 NO_TRAINED_TOKENS = "no_trained_tokens"
 TOKENIZATION_MISMATCH = "tokenization_mismatch"
 MISSING_ANNOTATION = "missing_annotation"  # a whole dataset's JSONL is absent (check_data only)
+MALFORMED_BOX = "malformed_box"  # a <box> or a row's "boxes" entry that breaks internvl.grounding's rules
+BOX_OUT_OF_VIEW = "box_out_of_view"  # a row's box lies (partly) outside the field of view the media keep
+BOXES_UNSUPPORTED = "boxes_unsupported"  # a row gives "boxes" for media whose reader cannot place boxes
 
 REASONS = (MALFORMED_JSON, BAD_ROW, MISSING_FILE, UNREADABLE_MEDIA, PLACEHOLDER_MISMATCH, INCOMPATIBLE_KIND,
-           RESERVED_TOKEN, TOO_LONG, NO_TRAINED_TOKENS, TOKENIZATION_MISMATCH, MISSING_ANNOTATION)
+           RESERVED_TOKEN, TOO_LONG, NO_TRAINED_TOKENS, TOKENIZATION_MISMATCH, MISSING_ANNOTATION,
+           MALFORMED_BOX, BOX_OUT_OF_VIEW, BOXES_UNSUPPORTED)
 
 
 EXIT_BAD_INPUT = 2

@@ -6,28 +6,59 @@ down), so they do not depend on tiling. Several objects are several ``<ref>..</r
 ``<ref>`` is optional (a bare ``<box>`` has phrase ``None``).
 
 3D (volumes): ``<ref>phrase</ref><box>[[x1, y1, z1, x2, y2, z2]]</box>`` on 0-1000 in the frame of the
-*preprocessed* volume array (after reorientation, resampling and crop/pad): x along the array's first spatial
-axis, y along the second, z along the third; 0 is the start edge of the first voxel and 1000 the end edge of the
-last. For volumes reoriented to RAS+ that is x towards the patient's Right, y Anterior, z Superior.
+*preprocessed* volume array ``[D, H, W]`` (after reorientation, resampling and crop/pad): x along the array's
+*last* spatial axis (W), y along the middle one (H), z along the first (D), as in 2D where x runs along the last
+(column) axis; 0 is the start edge of the first voxel and 1000 the end edge of the last
+(``round(edge / N * 1000)``). For the neuro reader's RAS volumes (``[D, H, W]`` = inferior->superior,
+posterior->anterior, left->right) that is x towards the patient's Right, y Anterior, z Superior.
 
 A box is a tuple ``(x1, y1, x2, y2)`` or ``(x1, y1, z1, x2, y2, z2)`` with every number in 0..1000 and each min
 <= its max. ``parse_grounded`` is strict (for data: any malformed ``<box>`` raises ``MalformedBoxError`` naming
 ``file:line``); ``parse_answer`` is lenient (for model answers: tags optional, surrounding text ignored, candidate
 boxes that break a rule are counted in ``n_malformed``, never repaired). ``box_iou`` is MONAI's (2D and 3D).
+
+Boxes in source coordinates (box-aware preprocessing). A row may carry its boxes in the coordinates of its media
+file and let the pipeline place them::
+
+    {"image": "cxr.png", "boxes": {"nodule": {"space": "pixel", "coords": [[120, 40, 180, 95]]}},
+     "conversations": [{"from": "human", "value": "<image>\\nWhere is the nodule?"},
+                       {"from": "gpt", "value": "<ref>nodule</ref><box>nodule</box>"}]}
+
+* ``boxes``: ``{name: {"space": ..., "coords": [[...], ...], "media": i}}``; ``name`` is an identifier (letters,
+  digits, ``_ . -``, not starting with a digit), ``media`` the index of the media reference (prompt order) the
+  box is on, required only when the row has several references.
+* ``space``: ``pixel`` (2D images: ``[x1, y1, x2, y2]`` in pixels of the original file, 0 = left/top edge,
+  continuous: a box of the whole image is ``[0, 0, W, H]``); ``voxel`` (volumes: ``[i1, j1, k1, i2, j2, k2]``,
+  the first and last voxel index, inclusive, along the file's own array axes); ``world`` (volumes:
+  ``[x1, y1, z1, x2, y2, z2]`` two opposite corners in millimetres of the scanner/world RAS+ frame that the file's
+  affine maps to, nibabel's convention). Every box has each min <= its max.
+* The rule in the text: ``<box>name</box>`` (a box tag whose content is a name, not a list) is replaced by
+  ``<box>[[...], ...]</box>``: the entry's boxes on 0-1000 as above, in every conversation turn and the
+  ``question`` / ``answer`` fields (``fill_box_refs``). Every name used must be an entry and every entry used.
+  Scored evaluation references must hold the tokens themselves (scoring has no reader; a name is an error).
+* The media reader maps the boxes (``MediaReader.map_boxes``) through exactly the geometry its items go through.
+  A box that reaches outside the field of view that the preprocessed media keep (or outside the source file) by
+  more than ``BOX_VIEW_TOLERANCE`` of a voxel/pixel is an error (``box_out_of_view``; a counted skip under
+  ``--skip_bad_samples``), never clipped; within that tolerance (rounding at the border) it is clamped.
+  A malformed entry or a name that is not an entry is ``malformed_box``; a reader that cannot place boxes
+  (and the volume reader under spatial augmentation) gives ``boxes_unsupported``.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from internvl.errors import DataError
+from internvl.errors import MALFORMED_BOX, DataError
 
-MALFORMED_BOX = "malformed_box"
 SCALE = 1000
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _GROUP = re.compile(r"(?:<ref>(.*?)</ref>\s*)?<box>(.*?)</box>", re.DOTALL)
 _LIST = re.compile(r"\[([^\[\]]*)\]")
+_NAME = r"[A-Za-z_][\w.\-]*"
+_NAMED_BOX = re.compile(r"<box>\s*(" + _NAME + r")\s*</box>")
+SPACES = {"pixel": 2, "voxel": 3, "world": 3}  # source coordinate space -> box dimensionality
+BOX_VIEW_TOLERANCE = 0.5  # voxels / pixels a source box may overshoot the kept field of view (then clamped)
 _STRICT_CONTENT = re.compile(r"\s*\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]\s*")
 
 
@@ -153,3 +184,91 @@ def box_iou(boxes_a, boxes_b):
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
     return np.asarray(monai_box_iou(a, b), dtype=np.float64)
+
+
+@dataclass
+class SourceBoxes:
+    """One entry of a row's ``boxes``: boxes in the source coordinates ``space`` of media reference ``media``."""
+
+    name: str
+    space: str
+    coords: list[tuple[float, ...]]
+    media: int | None = None
+
+
+def row_boxes(row: dict, where: str) -> list[SourceBoxes]:
+    """The checked entries of ``row["boxes"]`` (module docstring); ``MalformedBoxError(where)`` on any break."""
+    import math
+
+    spec = row.get("boxes")
+    if spec is None:
+        return []
+    if not isinstance(spec, dict) or not spec:
+        raise MalformedBoxError(where, "'boxes' must be a non-empty object {name: {space, coords}}")
+    out = []
+    for name, entry in spec.items():
+        if not isinstance(name, str) or not re.fullmatch(_NAME, name):
+            raise MalformedBoxError(where, f"boxes name {name!r}: use letters, digits, '_', '.', '-'")
+        if not isinstance(entry, dict) or set(entry) - {"space", "coords", "media"} or "coords" not in entry:
+            raise MalformedBoxError(where, f"boxes[{name!r}] must be {{\"space\", \"coords\"[, \"media\"]}}, "
+                                           f"got {entry!r}")
+        space, coords, media = entry.get("space"), entry["coords"], entry.get("media")
+        if space not in SPACES:
+            raise MalformedBoxError(where, f"boxes[{name!r}]: space {space!r}, expected one of {sorted(SPACES)}")
+        if media is not None and (not isinstance(media, int) or isinstance(media, bool) or media < 0):
+            raise MalformedBoxError(where, f"boxes[{name!r}]: media must be a reference index >= 0, got {media!r}")
+        if not isinstance(coords, list) or not coords or not all(isinstance(c, list) for c in coords):
+            raise MalformedBoxError(where, f"boxes[{name!r}]: coords must be a non-empty list of boxes [[...], ...]")
+        dims = SPACES[space]
+        boxes = []
+        for c in coords:
+            if len(c) != 2 * dims or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in c):
+                raise MalformedBoxError(where, f"boxes[{name!r}]: {c} is not {2 * dims} finite numbers "
+                                               f"({space} boxes are {dims}D)")
+            bad = [f"{a}1 > {a}2" for a, lo, hi in zip("xyz", c[:dims], c[dims:]) if lo > hi]
+            if bad:
+                raise MalformedBoxError(where, f"boxes[{name!r}]: {c}: {', '.join(bad)}")
+            boxes.append(tuple(float(v) for v in c))
+        out.append(SourceBoxes(name, space, boxes, media))
+    return out
+
+
+def named_box_refs(text: str) -> list[str]:
+    """The names of the ``<box>name</box>`` references in ``text`` (in order)."""
+    return _NAMED_BOX.findall(text or "")
+
+
+def fill_box_refs(text: str, placed: dict[str, list], where: str, used: set | None = None) -> str:
+    """``<box>name</box>`` -> ``<box>[[...]]</box>`` with ``placed[name]`` (0-1000 boxes); names it fills are
+    added to ``used``. An unknown name is a ``MalformedBoxError(where)``."""
+    def repl(m):
+        name = m.group(1)
+        if name not in placed:
+            raise MalformedBoxError(where, f"<box>{name}</box> names no entry of the row's 'boxes' "
+                                           f"({sorted(placed) or 'none'})")
+        if used is not None:
+            used.add(name)
+        return format_grounded(placed[name])
+
+    return _NAMED_BOX.sub(repl, text)
+
+
+def check_in_view(lo_hi, sizes, what: str, axis_names: str = "xyz") -> None:
+    """``BoxOutOfViewError`` if an edge interval ``(lo, hi)`` of ``lo_hi`` (one per axis, in the axes of
+    ``sizes``) reaches more than ``BOX_VIEW_TOLERANCE`` outside ``0..size``, or is empty inside it."""
+    from internvl.media.base import BoxOutOfViewError
+
+    for axis, ((lo, hi), n) in enumerate(zip(lo_hi, sizes)):
+        if lo < -BOX_VIEW_TOLERANCE or hi > n + BOX_VIEW_TOLERANCE or hi <= 0 or lo >= n:
+            raise BoxOutOfViewError(f"{what}: spans {lo:.2f}..{hi:.2f} along {axis_names[axis]} but the field of view "
+                                    f"is 0..{n:g} (box_out_of_view tolerance {BOX_VIEW_TOLERANCE})")
+
+
+def normalize_edges(lo_hi, sizes, what: str) -> tuple[int, ...]:
+    """Continuous edge intervals ``[(lo, hi)]`` per axis (x, y[, z]) of an array of ``sizes`` -> a 0-1000 box
+    ``(x1, y1[, z1], x2, y2[, z2])``; ``check_in_view`` first, then clamped to the edges (within tolerance)."""
+    check_in_view(lo_hi, sizes, what)
+    lows = [round(min(max(lo, 0.0), n) / n * SCALE) for (lo, _), n in zip(lo_hi, sizes)]
+    highs = [round(min(max(hi, 0.0), n) / n * SCALE) for (_, hi), n in zip(lo_hi, sizes)]
+    return tuple(lows + highs)

@@ -25,6 +25,8 @@ Public API (reused by the Brainfound plugin):
         training, the first in evaluation; "series": each window becomes a series of a study), temporal crop to
         ``num_frames`` (random in training, centred otherwise) and the optional z-score (``zscore``: NeuroVFM's
         per-view mean/std, or explicit ``[[mean, std], ...]``).
+    ``.voxel_to_output(affine, shape)``: the geometry of steps 1, 2 and 5 as one 4x4 matrix (file voxel ->
+        prepared grid), built from the same pieces the array steps call, for placing boxes (``patches.neuro.boxes``).
     ``.out_channels``: channels of the finalised item (what the encoder's ``in_channels`` must be).
 """
 from __future__ import annotations
@@ -141,23 +143,33 @@ class VolumePreprocessor:
         self.config = config if isinstance(config, PreprocessConfig) else PreprocessConfig.from_dict(dict(config))
 
     # ------------------------------------------------------------------------------------------ geometry
+    # One geometry, used by the arrays (reorient/resample/crop_or_pad) and by boxes (voxel_to_output): the
+    # orientation transform, the resampled size and the crop/pad offsets are computed here and nowhere else.
+    def orientation_transform(self, affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+        """(nibabel ``ornt`` from the file's axes to ``orientation``, 4x4 new-voxel -> file-voxel matrix)."""
+        cur = nib.orientations.io_orientation(affine)
+        xform = nib.orientations.ornt_transform(cur, nib.orientations.axcodes2ornt(self.config.orientation))
+        return xform, nib.orientations.inv_ornt_aff(xform, tuple(shape[:3]))
+
     def reorient(self, vol: Volume) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
         """Array with axes (D, H, W[, T]) in the canonical orientation, its spacing (D, H, W), the new affine."""
-        cur = nib.orientations.io_orientation(vol.affine)
-        target = nib.orientations.axcodes2ornt(self.config.orientation)
-        xform = nib.orientations.ornt_transform(cur, target)
+        xform, new_to_file = self.orientation_transform(vol.affine, vol.array.shape)
         arr = nib.orientations.apply_orientation(vol.array, xform)
-        affine = vol.affine @ nib.orientations.inv_ornt_aff(xform, vol.array.shape[:3])
+        affine = vol.affine @ new_to_file
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         perm = (2, 1, 0) + tuple(range(3, arr.ndim))
         arr = np.ascontiguousarray(np.transpose(arr, perm), dtype=np.float32)
         return arr, (float(zooms[2]), float(zooms[1]), float(zooms[0])), affine
 
-    def resample(self, arr: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
+    def resampled_size(self, shape, spacing) -> tuple[int, int, int]:
+        """(D, H, W) after resampling a grid of ``shape`` with voxel ``spacing`` to ``target_spacing``."""
         target = self.config.target_spacing
         if target is None:
-            return arr, spacing
-        size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(arr.shape[:3], spacing, target))
+            return tuple(int(n) for n in shape[:3])
+        return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape[:3], spacing, target))
+
+    def resample(self, arr: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple]:
+        size = self.resampled_size(arr.shape, spacing)
         if size == arr.shape[:3]:
             return arr, spacing
         t = torch.from_numpy(arr)
@@ -166,27 +178,52 @@ class VolumePreprocessor:
             t = t[None, None]
         else:  # [1, D, H, W, T] -> [1, T, D, H, W]: frames as channels on one grid
             t = t.permute(0, 4, 1, 2, 3)
+        # align_corners=False: voxel edges map onto voxel edges, a pure scale by size / shape in edge coordinates
         out = F.interpolate(t, size=size, mode="trilinear", align_corners=False)
         out = out[0, 0] if arr.ndim == 3 else out[0].permute(1, 2, 3, 0)
         new_spacing = tuple(n * s / m for n, s, m in zip(arr.shape[:3], spacing, size))
         return np.ascontiguousarray(out.numpy()), new_spacing
 
     @staticmethod
-    def crop_or_pad(arr: np.ndarray, shape: tuple[int, int, int], lead: int) -> np.ndarray:
+    def crop_pad_offset(have: int, want: int) -> int:
+        """Index shift of a centre crop (negative) or zero pad (positive) from ``have`` to ``want`` voxels."""
+        return (want - have) // 2 if have < want else -((have - want) // 2)
+
+    @classmethod
+    def crop_or_pad(cls, arr: np.ndarray, shape: tuple[int, int, int], lead: int) -> np.ndarray:
         """Centre-crop / zero-pad the three spatial axes starting at axis ``lead``."""
         out = arr
         for ax, want in enumerate(shape):
             axis = lead + ax
             have = out.shape[axis]
+            shift = cls.crop_pad_offset(have, want)
             if have > want:
-                start = (have - want) // 2
-                out = np.take(out, np.arange(start, start + want), axis=axis)
+                out = np.take(out, np.arange(-shift, -shift + want), axis=axis)
             elif have < want:
-                before = (want - have) // 2
                 pad = [(0, 0)] * out.ndim
-                pad[axis] = (before, want - have - before)
+                pad[axis] = (shift, want - have - shift)
                 out = np.pad(out, pad)
         return out
+
+    def voxel_to_output(self, affine: np.ndarray, shape) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """(4x4 matrix from the file's voxel-centre coordinates ``(i, j, k)`` to EDGE coordinates ``(d, h, w)`` of
+        the prepared ``[D, H, W]`` grid (0 = start edge of its first voxel), that grid's shape): reorientation,
+        the (x, y, z) -> (D, H, W) transpose, resampling (a scale in edge coordinates, ``align_corners=False``)
+        and crop/pad, composed from the same pieces ``prepare`` uses."""
+        _, new_to_file = self.orientation_transform(affine, shape)
+        file_to_new = np.linalg.inv(new_to_file)
+        new_shape = np.rint(np.abs(file_to_new[:3, :3]) @ np.asarray(shape[:3], dtype=float)).astype(int)
+        zooms = np.sqrt(((affine @ new_to_file)[:3, :3] ** 2).sum(axis=0))
+        dhw_shape, dhw_spacing = tuple(int(n) for n in new_shape[::-1]), tuple(float(z) for z in zooms[::-1])
+        size = self.resampled_size(dhw_shape, dhw_spacing)
+        final = self.config.volume_shape or size
+        transpose = np.eye(4)[[2, 1, 0, 3]]                               # (x, y, z) -> (D, H, W)
+        centre_to_edge = np.eye(4)
+        centre_to_edge[:3, 3] = 0.5
+        scale = np.diag([m / n for m, n in zip(size, dhw_shape)] + [1.0])  # resampling, edge coordinates
+        shift = np.eye(4)
+        shift[:3, 3] = [self.crop_pad_offset(h, w) for h, w in zip(size, final)]
+        return shift @ scale @ centre_to_edge @ transpose @ file_to_new, tuple(int(v) for v in final)
 
     # ------------------------------------------------------------------------------------------ intensity
     def _intensity(self, arr: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:

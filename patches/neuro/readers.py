@@ -26,6 +26,9 @@ brightness/contrast, noise after the z-score); ``volume_augment: {...}`` in the 
 ``AugmentConfig`` fields (e.g. ``{"flip_axes": [0, 1]}`` for left/right questions, whose answer a W flip changes).
 Off otherwise and always at evaluation.
 
+Boxes: ``map_boxes`` places a row's ``voxel``/``world`` boxes (``internvl.grounding``) in the prepared grid
+(``patches.neuro.boxes``); not for multi-file studies nor under spatial augmentation (refused, named error).
+
 Aliases: other row keys for the same reader go in ``VOLUME_KIND_ALIASES`` below (one place; e.g. Brainfound's
 ``meditk`` if that plugin wants this reader rather than its own).
 """
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from internvl.media.base import MediaError, MediaReader, register_media_reader
+from internvl.media.base import BoxesUnsupportedError, MediaError, MediaReader, register_media_reader
 from patches.neuro.augment import AugmentConfig, VolumeAugmenter
 from patches.neuro.cache import VolumeCache, prepared_volume
 from patches.neuro.preprocess import PreprocessConfig, VolumePreprocessor
@@ -181,6 +184,26 @@ class VolumeReader(MediaReader):
             items = [torch.nn.functional.pad(it, [p for d in reversed(range(1, it.ndim))
                                                   for p in (0, big[d] - it.shape[d])]) for it in items]
         return torch.stack(items)
+
+    def map_boxes(self, ref: Any, boxes, space: str, *, is_train: bool = False) -> list[tuple[int, ...]]:
+        """``voxel``/``world`` boxes of a one-file reference -> 0-1000 boxes of its prepared ``[D, H, W]`` grid
+        through the preprocessor's own geometry (``patches.neuro.boxes``). Refused (``BoxesUnsupportedError``)
+        for studies of several files and under spatial augmentation (flips, permutations and crops move the
+        voxels, not the text)."""
+        from patches.neuro.boxes import map_volume_boxes
+
+        aug = self.augment_config
+        if is_train and self.ndim == 3 and (aug.crop_size is not None or (aug.flip_axes and aug.flip_prob > 0)
+                                            or (aug.permute_axes and aug.permute_prob > 0)):
+            raise BoxesUnsupportedError(f"{ref}: spatial augmentation would move the volume but not its boxes; for "
+                                        f"grounding data set volume_augment {{\"flip_axes\": [], \"permute_axes\": "
+                                        f"null, \"crop_size\": null}} or data_augment false")
+        series, _ = self._series(ref)
+        if len({(p, uid) for p, uid, _ in series}) != 1:
+            raise BoxesUnsupportedError(f"{ref}: boxes on a study of several files; give the series the box is on as "
+                                        f"its own reference")
+        path, uid, cfg = series[0]
+        return map_volume_boxes(path, VolumePreprocessor(cfg), boxes, space, series_uid=uid, ndim=self.ndim)
 
     def check(self, ref: Any) -> None:
         """Full read + validation + preprocessing (and cache fill): bad files fail here, before training."""

@@ -15,6 +15,9 @@ checks the count.) Everything a row's media go through is decided here, once:
   turns. A row with exactly one reference and no placeholder gets ``<image>\\n`` in front of its first user turn
   (InternVL's rule); otherwise placeholders and references must match in number.
 * **Counts.** A reference becomes ``sum(config.num_context_tokens(item, kind))`` context tokens over its items.
+* **Boxes.** A row's ``boxes`` (source coordinates; format in ``internvl.grounding``) are placed by the reader of
+  the reference they are on (``MediaReader.map_boxes``) and written into its ``<box>name</box>`` references
+  before tokenisation (``place_boxes``), for training samples and generation prompts.
 * **Text.** ``internvl.prompt``: ``preprocess`` for training (ids + labels), ``generation_prompt`` for evaluation
   and chat (the same rendering up to the reply, so its ids are a prefix of the training ids).
 
@@ -33,6 +36,7 @@ from internvl.constants import IMAGE_PLACEHOLDER, RESERVED_IMAGE_TOKENS
 from internvl.errors import (BAD_ROW, INCOMPATIBLE_KIND, MISSING_FILE, PLACEHOLDER_MISMATCH, RESERVED_TOKEN,
                              UNREADABLE_MEDIA, DataError)
 from internvl.media import MEDIA_READERS, MediaError, reader_for_key, resolve_ref
+from internvl.media.base import BoxError
 from internvl.model.vision.base import encoder_class
 from internvl.prompt import ASSISTANT_ROLES, USER_ROLES, encode_generation_prompt, generation_prompt, preprocess
 
@@ -193,12 +197,52 @@ class RowProcessor:
                                                          f"turns but {len(kinds)} media reference(s)")
         return out
 
+    def place_boxes(self, row: dict, where: str, *, root: str | None = None, dataset_options: dict | None = None,
+                    is_train: bool = False) -> dict:
+        """A copy of ``row`` whose ``<box>name</box>`` references (conversation turns, ``question``, ``answer``)
+        hold its ``boxes`` placed by their media readers (``internvl.grounding``); ``row`` itself if it has none."""
+        from internvl import grounding
+
+        entries = grounding.row_boxes(row, where)
+        if not entries:
+            return row
+        refs = [(kind, r) for kind, rs in self.media_keys(row, where) for r in rs]
+        placed = {}
+        for e in entries:
+            if (e.media is None and len(refs) != 1) or (e.media or 0) >= len(refs):
+                raise grounding.MalformedBoxError(where, f"boxes[{e.name!r}]: media {e.media} but the row has "
+                                                         f"{len(refs)} media reference(s); name one with \"media\": i")
+            kind, ref = refs[e.media or 0]
+            reader = self.reader(kind, dataset_options)
+            try:
+                placed[e.name] = reader.map_boxes(resolve_ref(ref, root) if reader.is_file else ref, e.coords,
+                                                  e.space, is_train=is_train)
+            except BoxError as exc:
+                raise DataError(where, exc.reason, str(exc)) from exc
+            except MediaError as exc:
+                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
+                raise DataError(where, reason, str(exc)) from exc
+        used: set[str] = set()
+
+        def fill(value):
+            return grounding.fill_box_refs(value, placed, where, used) if isinstance(value, str) else value
+
+        out = {**row, **{k: fill(row[k]) for k in ("question", "answer") if k in row}}
+        if isinstance(row.get("conversations"), list):
+            out["conversations"] = [dict(t, value=fill(t.get("value"))) if isinstance(t, dict) else t
+                                    for t in row["conversations"]]
+        if set(placed) - used:
+            raise grounding.MalformedBoxError(where, f"boxes {sorted(set(placed) - used)} are never referred to as "
+                                                     f"<box>name</box> in the text")
+        return out
+
     # ------------------------------------------------------------------------------------------------ outputs
     def training_sample(self, row: dict, where: str, *, root: str | None = None,
                         dataset_options: dict | None = None, augment: bool = False) -> dict[str, Any]:
         """``input_ids``/``labels``/``attention_mask``/``position_ids`` (1-D), ``pixel_values`` (items in prompt
         order), ``item_kinds``, ``sample_ref``, ``num_trained``."""
         self._check_conversations(row, where)
+        row = self.place_boxes(row, where, root=root, dataset_options=dataset_options, is_train=augment)
         media = self.load_media(row, where, root=root, dataset_options=dataset_options, is_train=augment)
         out = preprocess(self.template, self._training_turns(row, media.kinds, where), self.tokenizer, media.counts,
                          sample_ref=where, max_length=self.max_seq_length)
@@ -214,6 +258,7 @@ class RowProcessor:
         with item shapes from the readers' ``item_shapes_many`` (image headers; no pixels decoded) -- what packing
         plans with."""
         self._check_conversations(row, where)
+        row = self.place_boxes(row, where, root=root, dataset_options=dataset_options)
         kinds, counts, n_items = [], [], 0
         for kind, refs in self.media_keys(row, where):
             reader = self.reader(kind, dataset_options)
@@ -257,6 +302,7 @@ class RowProcessor:
     def prompt_inputs(self, row: dict, where: str, *, root: str | None = None,
                       dataset_options: dict | None = None) -> PromptInputs:
         """The generation prompt of a row (its last user turn after its history), with its media items."""
+        row = self.place_boxes(row, where, root=root, dataset_options=dataset_options)
         question, history, _, system = split_row(row, where, require_reference=False)
         for text in [question, *(t for pair in history for t in pair), system or ""]:
             for token in RESERVED_IMAGE_TOKENS:

@@ -19,7 +19,11 @@ from ``torchmetrics.detection.MeanAveragePrecision`` (every predicted box scored
 confidence); for 3D rows mAP is listed under ``not_computed``.
 
 Plots per dataset: an IoU histogram (grounding) and, for 2D rows whose image is readable, up to six images with
-the reference (green) and predicted (red, dashed) boxes drawn on them.
+the reference (green) and predicted (red, dashed) boxes drawn on them; for 3D rows, up to six rows of the three
+orthogonal slices (axial, coronal, sagittal) through the reference box centre with both boxes drawn in the
+0-1000 frame (``grounding_boxes_3d.png`` / ``detection_boxes_3d.png``; ``plots.draw_box_planes``). The 3D frame
+is the reader's *preprocessed* grid, which scoring (also without a model, ``--predictions``) cannot rebuild, so
+these slices show the boxes on the frame, not the voxels.
 """
 from __future__ import annotations
 
@@ -36,6 +40,11 @@ def _reference(sample: dict) -> list[grounding.Grounding]:
     ref = sample.get("reference")
     if not isinstance(ref, str):
         raise grounding.MalformedBoxError(sample["where"], f"box reference must be text, got {type(ref).__name__}")
+    named = grounding.named_box_refs(ref)
+    if named:  # placing needs the media reader of the model's tower, which scoring does not have
+        raise grounding.MalformedBoxError(sample["where"], f"the reference names row boxes {named} "
+                                                           f"(<box>name</box>); a scored reference must hold the "
+                                                           f"0-1000 tokens themselves")
     return grounding.parse_grounded(ref, sample["where"])
 
 
@@ -92,8 +101,7 @@ class GroundingTask(EvalTask):
                     "n_malformed_boxes": sum(r["n_malformed"] for r in records)})
         if n:
             out["plots"] = [_iou_histogram(records, os.path.join(out_dir, "grounding_iou.png"))]
-            overlay = _overlays(records, os.path.join(out_dir, "grounding_boxes.png"))
-            out["plots"] += [overlay] if overlay else []
+            out["plots"] += _box_plots(records, out_dir, "grounding")
         return out
 
 
@@ -128,8 +136,7 @@ class DetectionTask(EvalTask):
         out.update({"n_unparsed": unparsed, "unparsed_rate": unparsed / n if n else None,
                     "n_malformed_boxes": sum(r["n_malformed"] for r in records)})
         if n:
-            overlay = _overlays(records, os.path.join(out_dir, "detection_boxes.png"))
-            out["plots"] = [overlay] if overlay else []
+            out["plots"] = _box_plots(records, out_dir, "detection")
         return out
 
 
@@ -171,6 +178,31 @@ def _iou_histogram(records: list[dict], path: str) -> str:
     ax.set_title(f"IoU: mean {metrics.mean(values):.3f} (n={len(values)} phrases)")
     ax.set_xlabel("IoU")
     ax.set_ylabel("phrases")
+    return save_figure(fig, path)
+
+
+def _box_plots(records: list[dict], out_dir: str, task: str) -> list[str]:
+    """The box overlay figures of a task that has any: 2D images, 3D slices."""
+    paths = [_overlays(records, os.path.join(out_dir, f"{task}_boxes.png")),
+             _slices_3d(records, os.path.join(out_dir, f"{task}_boxes_3d.png"))]
+    return [p for p in paths if p]
+
+
+def _slices_3d(records: list[dict], path: str) -> str | None:
+    """Up to ``N_OVERLAYS`` 3D rows, each as three orthogonal slices through its (first) reference box centre."""
+    from internvl.evaluation.plots import draw_box_planes, new_figure, save_figure
+
+    shown = [r for r in records if r["dims"] == 3 and r["true_boxes"]][:N_OVERLAYS]
+    if not shown:
+        return None
+    fig, axes = new_figure(len(shown), 3, figsize=(9, 3.1 * len(shown)), squeeze=False)
+    for row_axes, r in zip(axes, shown):
+        draw_box_planes(row_axes, r["true_boxes"], [b for b in r["pred_boxes"] if b])
+        score = f"IoU {r['iou']:.2f}" if "iou" in r else f"TP {r['tp50']}/{len(r['true_boxes'])}"
+        row_axes[0].annotate(f"{os.path.basename(str(r.get('source')))}:{r.get('line')}  {score}", (0, 1.18),
+                             xycoords="axes fraction", fontsize=8)
+    fig.suptitle("reference (green) and predicted (red, dashed) 3D boxes; dotted: box misses the slice", fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 

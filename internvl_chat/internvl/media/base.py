@@ -26,6 +26,10 @@ Contract (``MediaReader``):
   for planning packed batches before any media is loaded. Default: load and look (exact, pays a read); a reader
   that can tell from a header overrides it (images: the size decides the tile grid).
 * ``check(ref)``: a cheap validation for ``check_data`` (default: the file exists).
+* ``map_boxes(ref, boxes, space, *, is_train=False) -> list of 0-1000 boxes``: a row's boxes in the source
+  coordinates ``space`` of ``ref`` (``internvl.grounding``: ``pixel``, ``voxel``, ``world``) placed in the frame of
+  the items ``load(ref)`` returns, through the same geometry (the reader's knowledge, never the core's). Default:
+  ``BoxesUnsupportedError``. Failures raise a ``BoxError`` whose ``reason`` is the code the row is reported under.
 
 Readers never import ``internvl.train`` or ``internvl.data``: they turn references into tensors, nothing more.
 """
@@ -36,7 +40,7 @@ from typing import Any
 
 import torch
 
-from internvl.errors import InputError
+from internvl.errors import BOX_OUT_OF_VIEW, BOXES_UNSUPPORTED, MALFORMED_BOX, InputError
 from internvl.registry import Registry
 
 MEDIA_READERS = Registry("media kind")
@@ -44,6 +48,24 @@ MEDIA_READERS = Registry("media kind")
 
 class MediaError(InputError):
     """A media reference that cannot be read; the message names the file (and slide coordinate, line ...)."""
+
+
+class BoxError(MediaError):
+    """A row box a reader cannot place; ``reason`` is the ``internvl.errors`` code the row is reported under."""
+
+    reason = MALFORMED_BOX
+
+
+class BoxOutOfViewError(BoxError):
+    """A box (partly) outside the field of view the preprocessed media keep (or outside the source file)."""
+
+    reason = BOX_OUT_OF_VIEW
+
+
+class BoxesUnsupportedError(BoxError):
+    """This reader (or its current settings) cannot place source-coordinate boxes."""
+
+    reason = BOXES_UNSUPPORTED
 
 
 def register_media_reader(kind: str, *, aliases=()):
@@ -84,6 +106,12 @@ class MediaReader:
         for path in _paths(ref):
             if not os.path.exists(path):
                 raise MediaError(f"{path}: file not found")
+
+    def map_boxes(self, ref: Any, boxes: list[tuple[float, ...]], space: str, *,
+                  is_train: bool = False) -> list[tuple[int, ...]]:
+        """Source-coordinate boxes of ``ref`` -> 0-1000 boxes in the frame of ``load(ref)`` (module docstring)."""
+        raise BoxesUnsupportedError(f"{ref}: the {self.kind!r} media reader cannot place boxes given in source "
+                                    f"coordinates; write the 0-1000 <box> tokens into the text instead")
 
 
 def _paths(ref: Any) -> list[str]:

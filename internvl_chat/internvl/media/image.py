@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from internvl.media.base import MediaError, MediaReader, register_media_reader
+from internvl.media.base import BoxesUnsupportedError, MediaError, MediaReader, register_media_reader
 from internvl.constants import NORMALIZE_STATS
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,19 @@ def open_image(path: str) -> Image.Image:
         raise MediaError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
 
+def header_size(ref: Any) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (no decoding); ``MediaError`` naming the file."""
+    if not isinstance(ref, str):
+        raise MediaError(f"{ref!r}: an image reference must be a path string")
+    try:
+        with Image.open(ref) as img:
+            return img.size
+    except FileNotFoundError as exc:
+        raise MediaError(f"{ref}: file not found") from exc
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise MediaError(f"{ref}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
 def load_image(path: str, *, input_size: int = 448, max_num: int = 12, min_num: int = 1,
                use_thumbnail: bool = False, dynamic: bool = True, is_train: bool = False,
                normalize_type: str = "imagenet", mean: Sequence[float] | None = None,
@@ -238,21 +251,26 @@ class ImageReader(MediaReader):
         shape = torch.Size((3, self.image_size, self.image_size))
         out = []
         for ref in refs:
-            if not isinstance(ref, str):
-                raise MediaError(f"{ref!r}: an image reference must be a path string")
             n = 1
             if self.dynamic:
-                try:
-                    with Image.open(ref) as img:
-                        width, height = img.size
-                except FileNotFoundError as exc:
-                    raise MediaError(f"{ref}: file not found") from exc
-                except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-                    raise MediaError(f"{ref}: cannot read image ({type(exc).__name__}: {exc})") from exc
-                cols, rows = choose_grid(width, height, self.min_num, per_image, self.image_size)
+                cols, rows = choose_grid(*header_size(ref), self.min_num, per_image, self.image_size)
                 n = cols * rows + int(self.use_thumbnail and cols * rows != 1)
+            elif not isinstance(ref, str):
+                raise MediaError(f"{ref!r}: an image reference must be a path string")
             out.append([shape] * n)
         return out
+
+    def map_boxes(self, ref: Any, boxes, space: str, *, is_train: bool = False) -> list[tuple[int, ...]]:
+        """Pixel boxes on the original image -> 0-1000 relative to it (InternVL's convention, so tiling, the
+        thumbnail and ``pad2square`` never change them; training augmentation here is JPEG only, no geometry).
+        Reads the image header for its size only."""
+        from internvl.grounding import normalize_edges
+
+        if space != "pixel":
+            raise BoxesUnsupportedError(f"{ref}: 2D images take 'pixel' boxes, got space {space!r}")
+        width, height = header_size(ref)
+        return [normalize_edges([(b[0], b[2]), (b[1], b[3])], (width, height),
+                                f"{ref}: pixel box {list(b)} on a {width}x{height} image") for b in boxes]
 
     def check(self, ref: Any) -> None:
         """Cheap validation: the file exists and PIL can identify and verify it (no decoding)."""
