@@ -29,7 +29,7 @@ from internvl.data.collate import stack_items
 from internvl.data.processor import RowProcessor
 from internvl.errors import BAD_ROW, MISSING_FILE, UNREADABLE_MEDIA, DataError, InputError, SkipBudgetExceeded
 from internvl.evaluation.base import EVAL_TASKS, create_task
-from internvl.evaluation.testset import Sample, read_samples
+from internvl.evaluation.testset import Sample, place_boxes, read_samples
 
 logger = logging.getLogger(__name__)
 
@@ -279,10 +279,14 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
 
     t0 = time.time()
     samples = read_samples(data, task=task, root=root, limit=limit)
-    score_records(samples, {s.uid: "" for s in samples})  # unknown tasks, unscorable rows: fail before generating
+    # unknown tasks, unscorable rows: fail before loading the model (rows whose boxes need placing: after it)
+    score_records([s for s in samples if not s.row.get("boxes")], {s.uid: "" for s in samples})
     if model is None or tokenizer is None:
         model, tokenizer = load_model(model_dir, device, dtype)
     options = {"max_dynamic_patch": int(max_num)} if max_num else {}
+    processor = RowProcessor(model.config, tokenizer, options=options)
+    place_boxes(samples, processor)
+    score_records(samples, {s.uid: "" for s in samples})
     gen_cfg = generation_config(max_new_tokens, temperature)
     key = {"model": fingerprint(model_files(model_dir)), "data": fingerprint(data_files(data)), "root": root,
            "generation": gen_cfg, "options": options, "seed": seed, "dtype": str(next(model.parameters()).dtype)}
@@ -292,7 +296,7 @@ def evaluate(model_dir: str, data: str, out: str, *, task: str | None = None, ro
     torch.manual_seed(seed)
     skipped: list[dict] = []
     t_gen = time.time()
-    generate_predictions(model, tokenizer, todo, RowProcessor(model.config, tokenizer, options=options), gen_cfg,
+    generate_predictions(model, tokenizer, todo, processor, gen_cfg,
                          batch_size=batch_size, max_skip=max_skip, on_prediction=cache.add, skipped=skipped,
                          progress=progress)
     gen_seconds = time.time() - t_gen

@@ -82,6 +82,17 @@ def _read_jsonl(path: str, dataset: str, root: str | None, meta_task: str | None
     return samples
 
 
+def place_boxes(samples: list[Sample], processor) -> None:
+    """Rows with ``boxes`` in source coordinates: their ``<box>name</box>`` references (question, history, reference)
+    become the placed 0-1000 tokens (``RowProcessor.place_boxes``: the readers' geometry, so a model config is
+    needed; scoring saved predictions without a model cannot place them and names the row instead)."""
+    for s in samples:
+        if s.row.get("boxes"):
+            placed = processor.place_boxes(s.row, s.where, root=s.root, dataset_options=s.options)
+            s.row = {k: v for k, v in placed.items() if k != "boxes"}  # placed once: prompts must not place again
+            s.question, s.history, s.reference, s.system = split_row(s.row, s.where, True)
+
+
 def default_task(row: dict, question: str) -> str:
     """``mcq`` when the row lists options (field or ``A. ...`` lines), else ``open_qa``."""
     return "mcq" if row.get("options") or metrics.options_from_question(question) else "open_qa"
