@@ -124,3 +124,21 @@ def test_skip_bad_samples_counts_box_errors(config, tok, root):
         [strict[i] for i in range(len(strict))]
     with pytest.raises(DataError, match=r"rows.jsonl:7: .*\[box_out_of_view\]"):  # no skipping: the first one raises
         SupervisedDataset(spec, tok, config, max_seq_length=512)[6]
+
+
+def test_evaluation_places_reference_boxes_once(config, tok, root):
+    """A test row whose reference names a box: ``testset.place_boxes`` (what ``evaluate`` runs once the model config
+    is known) puts the placed tokens in the reference, and the prompt is then built without placing again."""
+    from internvl.evaluation.testset import place_boxes, read_samples
+
+    path = root / "eval.jsonl"
+    path.write_text(json.dumps(GOOD["image"]) + "\n" + json.dumps(GOOD["volume"]) + "\n")
+    samples = read_samples(str(path), task="grounding")
+    assert samples[0].reference == "<ref>lesion</ref><box>lesion</box>"
+    proc = RowProcessor(config, tok)
+    place_boxes(samples, proc)
+    assert [s.reference for s in samples] == [f"<ref>lesion</ref><box>{IMAGE_TOKENS}</box>",
+                                              f"<ref>lesion</ref><box>{VOLUME_TOKENS}</box>"]
+    for s in samples:
+        assert "boxes" not in s.row
+        proc.prompt_inputs(s.row, s.where, root=s.root)  # no second placement, no "entry never used" error
