@@ -203,6 +203,12 @@ def replace_vision_side(model, model_args, data_args):
     else:  # only extra towers: the loaded primary tower must keep its geometry, as without vision flags
         check_vision_geometry(model, data_args)
         new = compose_towers(model, changes)
+    if model_args.freeze_backbone or model_args.use_backbone_lora:
+        fresh = [("primary" if c.kind is None else c.kind) for c in changes if c.encoder]
+        if fresh:
+            logger.warning("--freeze_backbone/--use_backbone_lora also apply to the new encoder(s) of %s, which start "
+                           "from their factories' weights (random unless the factory loads pretrained weights)",
+                           ", ".join(fresh))
     logger.info("vision side: %s (new parts start from their factories' weights); LLM kept from %s",
                 {("primary" if k is None else k): v.config.encoder_name for k, v in new.vision_encoders().items()},
                 model_args.model_name_or_path)
