@@ -45,6 +45,15 @@ def summarise(way: str, result: dict, warmup: int, lengths: list[int] | None, ba
     return row
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Of several runs of one way, the one with the median real tokens/s (the lower middle one for an even
+    count), with every run's rate kept under ``runs_real_tokens_per_s``."""
+    ordered = sorted(runs, key=lambda r: r["real_tokens_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs_real_tokens_per_s"] = [r["real_tokens_per_s"] for r in runs]
+    return chosen
+
+
 def packed_padding(steps: list[dict]) -> dict:
     """Padding share of a packed run from what it logged per step (``padding_share`` with its real tokens)."""
     if not steps or any("padding_share" not in s for s in steps):
@@ -99,4 +108,4 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["format_table", "plot", "ratios", "summarise"]
+__all__ = ["format_table", "median_run", "plot", "ratios", "summarise"]

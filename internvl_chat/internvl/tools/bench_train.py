@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images-expected", type=int, default=8)
     p.add_argument("--loss-reduction", default="token", choices=("token", "sample", "square"))
     p.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of plain,unpacked,packed")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the ways round-robin this many times; each way's row is its median-rate run")
+    p.add_argument("--profile", action="store_true",
+                   help="run every way under cProfile (slower) and write WORK/profile_WAY.txt")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the model's size; train nothing")
     return p
 
@@ -83,7 +87,7 @@ def check_args(args) -> None:
     args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
     if not args.ways or any(w not in WAYS for w in args.ways):
         raise ConfigError(f"--ways {','.join(args.ways)}: each must be one of {', '.join(WAYS)}")
-    for name in ("rows", "batch_size", "threads", "max_seq_length", "max_packed_tokens", "num_images_expected"):
+    for name in ("rows", "batch_size", "threads", "repeats", "max_seq_length", "max_packed_tokens", "num_images_expected"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup_steps < 0 or args.dataloader_num_workers < 0:
@@ -168,11 +172,12 @@ def base_spec(args, work: Path, model: Path, meta: Path, tokenizer) -> dict:
             "max_grad_norm": defaults.max_grad_norm, "seed": args.seed, "device": args.device,
             "num_workers": args.dataloader_num_workers, "threads": args.threads, "pad_token_id": tokenizer.pad_token_id,
             "max_packed_tokens": args.max_packed_tokens, "num_images_expected": args.num_images_expected,
-            "loss_reduction": args.loss_reduction, "lora": 16 if one_1b else 0, "bf16": one_1b}
+            "loss_reduction": args.loss_reduction, "lora": 16 if one_1b else 0, "bf16": one_1b,
+            "profile": args.profile}
 
 
 def run_way(spec: dict, way: str, work: Path) -> dict:
-    """Run one way in a fresh process; its log goes to ``WORK/logs/WAY.log``."""
+    """Run one way in a fresh process; its log goes to ``WORK/logs/WAY.log`` (the last run's)."""
     spec = dict(spec, way=way, result=str(work / f"result_{way}.json"))
     spec_path = work / f"spec_{way}.json"
     spec_path.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
@@ -247,16 +252,18 @@ def run(argv=None) -> int:
 
         export(str(model), spec["hf_model"])
     lengths = sample_lengths(spec)
-    skipped, results = {}, {}
-    for way in args.ways:
-        if way == "packed" and not packing_available():
-            skipped[way] = "not available (this checkout's finetune has no --use_packed_ds)"
-            continue
-        print(f"== {way} ...", flush=True)
-        results[way] = run_way(spec, way, work)
-    from internvl.tools.bench_report import format_table, plot, ratios, summarise
+    skipped, results = {}, {way: [] for way in args.ways}
+    if "packed" in args.ways and not packing_available():
+        skipped["packed"] = "not available (this checkout's finetune has no --use_packed_ds)"
+        del results["packed"]
+    for repeat in range(args.repeats):
+        for way in results:
+            print(f"== {way} (run {repeat + 1} of {args.repeats}) ...", flush=True)
+            results[way].append(run_way(spec, way, work))
+    from internvl.tools.bench_report import format_table, median_run, plot, ratios, summarise
 
-    rows = {way: summarise(way, res, args.warmup_steps, lengths, args.batch_size) for way, res in results.items()}
+    rows = {way: median_run([summarise(way, res, args.warmup_steps, lengths, args.batch_size) for res in runs])
+            for way, runs in results.items()}
     report = {"command": "python -m internvl.tools.bench_train " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine(),
               "settings": {k: v for k, v in spec.items() if k not in ("work", "pad_token_id")},

@@ -177,6 +177,21 @@ def run_ours(spec: dict) -> dict:
     return {"steps": steps_from_log(state["log_history"], spec["batch_size"]), "output_dir": out}
 
 
+def profiled(runner, spec: dict) -> dict:
+    """``runner(spec)`` under cProfile; the 40 functions with the most cumulative time go to
+    ``WORK/profile_WAY.txt`` (the whole process after imports: data preparation, model loading, training)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    result = prof.runcall(runner, spec)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
+    Path(spec["work"], f"profile_{spec['way']}.txt").write_text(buf.getvalue(), encoding="utf-8")
+    return result
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
@@ -184,7 +199,11 @@ def main(argv=None) -> int:
     torch.manual_seed(spec["seed"])
     if spec["device"] == "cpu" and spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    result = run_plain(spec) if spec["way"] == "plain" else run_ours(spec)
+    runner = run_plain if spec["way"] == "plain" else run_ours
+    if spec.get("profile"):
+        result = profiled(runner, spec)
+    else:
+        result = runner(spec)
     result.update(way=spec["way"], **peak_memory(spec["device"]))
     tmp = spec["result"] + ".tmp"
     Path(tmp).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
