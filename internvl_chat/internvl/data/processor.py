@@ -198,25 +198,61 @@ class RowProcessor:
                         dataset_options: dict | None = None, augment: bool = False) -> dict[str, Any]:
         """``input_ids``/``labels``/``attention_mask``/``position_ids`` (1-D), ``pixel_values`` (items in prompt
         order), ``item_kinds``, ``sample_ref``, ``num_trained``."""
-        convs = row.get("conversations")
-        if not isinstance(convs, list) or not convs:
-            raise DataError(where, BAD_ROW, "row has no non-empty 'conversations' list")
-        convs = [dict(t) if isinstance(t, dict) else t for t in convs]
-        has_system = isinstance(convs[0], dict) and convs[0].get("from") == "system"
-        if self.system_message is not None and not has_system:  # the model's own system prompt, as generation uses
-            convs = [{"from": "system", "value": self.system_message}] + convs
+        self._check_conversations(row, where)
         media = self.load_media(row, where, root=root, dataset_options=dataset_options, is_train=augment)
-        users = [t for t in convs if isinstance(t, dict) and t.get("from") in USER_ROLES
-                 and isinstance(t.get("value"), str)]
-        for turn, text in zip(users, self._normalise([t["value"] for t in users], media.kinds, where)):
-            turn["value"] = text
-        out = preprocess(self.template, convs, self.tokenizer, media.counts, sample_ref=where,
-                         max_length=self.max_seq_length)
+        out = preprocess(self.template, self._training_turns(row, media.kinds, where), self.tokenizer, media.counts,
+                         sample_ref=where, max_length=self.max_seq_length)
         items, kinds = media.flat()
         n = out["input_ids"].shape[0]
         return {"input_ids": out["input_ids"], "labels": out["labels"], "attention_mask": out["attention_mask"],
                 "position_ids": torch.arange(n, dtype=torch.long), "pixel_values": items, "item_kinds": kinds,
                 "sample_ref": where, "num_trained": out["num_trained"], "truncated": out["truncated"]}
+
+    def sample_size(self, row: dict, where: str, *, root: str | None = None,
+                    dataset_options: dict | None = None) -> tuple[int, int]:
+        """``(tokens, items)`` of the training sample of ``row``, exactly as ``training_sample`` would build it,
+        with item shapes from the readers' ``item_shapes_many`` (image headers; no pixels decoded) -- what packing
+        plans with."""
+        self._check_conversations(row, where)
+        kinds, counts, n_items = [], [], 0
+        for kind, refs in self.media_keys(row, where):
+            reader = self.reader(kind, dataset_options)
+            if reader.is_file:
+                refs = [resolve_ref(r, root) for r in refs]
+            try:
+                shapes = reader.item_shapes_many(refs)
+            except MediaError as exc:
+                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
+                raise DataError(where, reason, str(exc)) from exc
+            for ref, per_ref in zip(refs, shapes):
+                if not per_ref:
+                    raise DataError(where, UNREADABLE_MEDIA, f"{ref}: the {kind!r} reader returned no item")
+                kinds.append(kind)
+                counts.append(sum(self.config.num_context_tokens(torch.empty(shape, device="meta"), kind)
+                                  for shape in per_ref))
+                n_items += len(per_ref)
+        out = preprocess(self.template, self._training_turns(row, kinds, where), self.tokenizer, counts,
+                         sample_ref=where, max_length=self.max_seq_length)
+        return int(out["input_ids"].shape[0]), n_items
+
+    @staticmethod
+    def _check_conversations(row: dict, where: str) -> None:
+        convs = row.get("conversations")
+        if not isinstance(convs, list) or not convs:
+            raise DataError(where, BAD_ROW, "row has no non-empty 'conversations' list")
+
+    def _training_turns(self, row: dict, kinds: list[str], where: str) -> list:
+        """The row's turns as ``preprocess`` takes them: the model's system prompt first (as generation uses it)
+        unless the row has its own, placeholders normalised for ``kinds``."""
+        convs = [dict(t) if isinstance(t, dict) else t for t in row["conversations"]]
+        has_system = isinstance(convs[0], dict) and convs[0].get("from") == "system"
+        if self.system_message is not None and not has_system:
+            convs = [{"from": "system", "value": self.system_message}] + convs
+        users = [t for t in convs if isinstance(t, dict) and t.get("from") in USER_ROLES
+                 and isinstance(t.get("value"), str)]
+        for turn, text in zip(users, self._normalise([t["value"] for t in users], kinds, where)):
+            turn["value"] = text
+        return convs
 
     def prompt_inputs(self, row: dict, where: str, *, root: str | None = None,
                       dataset_options: dict | None = None) -> PromptInputs:

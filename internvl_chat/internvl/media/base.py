@@ -22,6 +22,9 @@ Contract (``MediaReader``):
 * ``load_many(refs, *, is_train=False) -> list[list[Tensor]]``: all references of one row (default: ``load`` each;
   images share the tile budget).
 * ``max_items()``: the most items one reference can yield (default 1; images: the tile budget).
+* ``item_shapes_many(refs) -> list[list[torch.Size]]``: the shape of every item ``load_many(refs)`` would give,
+  for planning packed batches before any media is loaded. Default: load and look (exact, pays a read); a reader
+  that can tell from a header overrides it (images: the size decides the tile grid).
 * ``check(ref)``: a cheap validation for ``check_data`` (default: the file exists).
 
 Readers never import ``internvl.train`` or ``internvl.data``: they turn references into tensors, nothing more.
@@ -72,6 +75,10 @@ class MediaReader:
     def max_items(self) -> int:
         """The most items one reference can give (for length estimates made without reading media)."""
         return 1
+
+    def item_shapes_many(self, refs: list[Any]) -> list[list[torch.Size]]:
+        """The shapes of the items ``load_many(refs)`` gives (module docstring); default: load them."""
+        return [[item.shape for item in items] for items in self.load_many(refs)]
 
     def check(self, ref: Any) -> None:
         for path in _paths(ref):

@@ -232,6 +232,28 @@ class ImageReader(MediaReader):
     def max_items(self) -> int:
         return self.max_num + int(self.use_thumbnail and self.max_num > 1) if self.dynamic else 1
 
+    def item_shapes_many(self, refs: list[Any]) -> list[list[torch.Size]]:
+        """Tile counts from the image headers (no decoding), with ``load_many``'s shared tile budget."""
+        per_image = max(1, self.max_num // max(len(refs), 1))
+        shape = torch.Size((3, self.image_size, self.image_size))
+        out = []
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise MediaError(f"{ref!r}: an image reference must be a path string")
+            n = 1
+            if self.dynamic:
+                try:
+                    with Image.open(ref) as img:
+                        width, height = img.size
+                except FileNotFoundError as exc:
+                    raise MediaError(f"{ref}: file not found") from exc
+                except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+                    raise MediaError(f"{ref}: cannot read image ({type(exc).__name__}: {exc})") from exc
+                cols, rows = choose_grid(width, height, self.min_num, per_image, self.image_size)
+                n = cols * rows + int(self.use_thumbnail and cols * rows != 1)
+            out.append([shape] * n)
+        return out
+
     def check(self, ref: Any) -> None:
         """Cheap validation: the file exists and PIL can identify and verify it (no decoding)."""
         if not isinstance(ref, str):

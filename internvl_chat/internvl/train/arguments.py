@@ -107,8 +107,26 @@ class DataTrainingArguments:
     bad_sample_budget: float = field(
         default=0.01, metadata={"help": "With --skip_bad_samples: the most bad lines tolerated per dataset, as a "
                                         "fraction in [0, 1) of its lines; one more stops training."})
+    use_packed_ds: bool = field(default=False, metadata={
+        "help": "Pack whole samples into rows of --max_packed_tokens (planned ahead; see internvl.train.packing)."})
+    max_packed_tokens: int = field(default=8192, metadata={"help": "Tokens per packed row (InternVL's default)."})
+    num_images_expected: int = field(default=40, metadata={
+        "help": "Vision items (tiles, volumes ...) per packed row at most (InternVL's default 40)."})
+    max_buffer_size: int = field(default=20, metadata={
+        "help": "Accepted for InternVL scripts: its greedy packer's buffer count. Packs are planned over the whole "
+                "dataset here, so it has no effect."})
+    loss_reduction: str = field(default="token", metadata={
+        "help": "token | sample | square: each trained token weighs 1, 1/n or 1/sqrt(n) (n: its sample's trained "
+                "tokens), InternVL's len2weight. Packed or not."})
+    loss_reduction_all_gather: bool = field(default=False, metadata={
+        "help": "With sample/square: divide by the weight sum averaged over all ranks (InternVL)."})
 
     def __post_init__(self):
+        if self.loss_reduction not in ("token", "sample", "square"):
+            raise ConfigError(f"--loss_reduction must be token, sample or square, got {self.loss_reduction!r}")
+        if self.use_packed_ds and (self.max_packed_tokens <= 0 or self.num_images_expected < 0):
+            raise ConfigError(f"--max_packed_tokens must be > 0 and --num_images_expected >= 0 (got "
+                              f"{self.max_packed_tokens}, {self.num_images_expected})")
         if not 0 <= self.bad_sample_budget < 1:
             raise ConfigError(f"--bad_sample_budget must be a fraction in [0, 1), got {self.bad_sample_budget}")
         if self.normalize_type not in ("imagenet", "clip", "siglip"):
@@ -133,6 +151,9 @@ class TrainingArguments(transformers.TrainingArguments):
                                                                    "--train_sampling_strategy group_by_length."})
     warmup_ratio: float | None = field(default=None, metadata={"help": "InternVL/transformers-4 name: warmup as a "
                                                                        "fraction of the steps (sets warmup_steps)."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "DDP looks for parameters without gradient every step (slow). Off: every tower runs on every step "
+                "(dummy items for absent kinds), so none is unused; turn it on for a model that skips modules."})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:

@@ -98,7 +98,13 @@ class SupervisedDataset(Dataset):
         return self.index.ref(self.line_index[i])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample = self._get(i)
+        return self._note_truncated(self._get(i))
+
+    def sample_at_line(self, line: int) -> dict[str, Any]:
+        """The sample of annotation row ``line`` (raises ``DataError``; packing handles skips itself)."""
+        return self._note_truncated(self.build(line))
+
+    def _note_truncated(self, sample: dict[str, Any]) -> dict[str, Any]:
         if sample["truncated"]:
             with self._truncated.get_lock():
                 self._truncated.value += 1
@@ -121,7 +127,7 @@ class SupervisedDataset(Dataset):
             try:
                 return self.build(line)
             except DataError as err:
-                self._record_bad(line, err)
+                self.record_bad(line, err)
         raise SkipBudgetExceeded(f"dataset {self.spec.name!r}: no good sample left ({self.spec.annotation})")
 
     @property
@@ -129,7 +135,8 @@ class SupervisedDataset(Dataset):
         """Distinct bad lines met so far (0 when skipping is off: the first one raised)."""
         return self._bad_count.value if self.skip_fraction else 0
 
-    def _record_bad(self, line: int, err: DataError) -> None:
+    def record_bad(self, line: int, err: DataError) -> None:
+        """Count bad line ``line`` against the skip budget (logged); ``SkipBudgetExceeded`` past it."""
         with self._bad_lines.get_lock():
             if not self._bad_lines[line]:
                 self._bad_lines[line] = 1
@@ -151,6 +158,14 @@ class SupervisedDataset(Dataset):
     def build_from_row(self, row: dict[str, Any], ref: str) -> dict[str, Any]:
         return self.processor.training_sample(row, ref, root=self.spec.root, dataset_options=self.spec.options,
                                               augment=self.is_train and self.spec.data_augment)
+
+    def sample_ref_of_line(self, line: int) -> str:
+        return self.index.ref(line)
+
+    def sample_size(self, line: int) -> tuple[int, int]:
+        """``(tokens, items)`` of row ``line``'s training sample without decoding media (packing plans with it)."""
+        return self.processor.sample_size(self.index.read(line), self.index.ref(line), root=self.spec.root,
+                                          dataset_options=self.spec.options)
 
     def estimated_length(self, line: int) -> int:
         """Tokens of row ``line`` without reading its media (0 for a row that cannot be parsed: training reports

@@ -26,7 +26,8 @@ What ``main`` does, in order:
    ``--grad_checkpoint``.
 5. Freezing / LoRA / ``unfreeze_lm_head`` / ``unfreeze_vit_layers`` (``internvl.train.freeze``), logged per module.
 6. Data: ``build_datasets`` (meta JSON -> tokenised samples, bad-sample policy), optional sqrt resampling,
-   ``DataCollator``.
+   with ``--use_packed_ds`` planned packs (``internvl.train.packing``; the LLM then attends per sample,
+   ``internvl.model.varlen_attention``), ``DataCollator`` (``--loss_reduction`` weights).
 7. ``InternVLTrainer.train``; then the model and tokenizer are saved into ``output_dir`` (files moved in
    atomically) with ``train_results.json`` and ``trainer_state.json`` (the loss curve, ``log_history``).
 
@@ -249,7 +250,20 @@ def build_train_dataset(tokenizer, model, data_args, training_args):
     concat = build_datasets(data_args.meta_path, tokenizer, model.config, template_name=data_args.conv_style,
                             max_seq_length=data_args.max_seq_length, data_options=options, is_train=True,
                             skip_bad_samples=skip, seed=seed)
-    return TrainDataset(concat, resample=data_args.use_data_resampling, seed=seed)
+    train = TrainDataset(concat, resample=data_args.use_data_resampling, seed=seed)
+    if not data_args.use_packed_ds:
+        return train
+    from internvl.train.packing import PackedDataset
+
+    if training_args.train_sampling_strategy == "group_by_length":  # InternVL's packed scripts pass both
+        logger.warning("--group_by_length is ignored with --use_packed_ds: packs are planned by size; the packs "
+                       "are drawn in random order")
+        training_args.train_sampling_strategy = "random"
+    logger.info("--use_packed_ds: packs of <= %d tokens and <= %d vision items (--max_buffer_size %d has no effect: "
+                "packs are planned over the whole dataset)", data_args.max_packed_tokens,
+                data_args.num_images_expected, data_args.max_buffer_size)
+    return PackedDataset(train, max_packed_tokens=data_args.max_packed_tokens,
+                         num_images_expected=data_args.num_images_expected)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -302,6 +316,12 @@ def run(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args, data_args)
     with whole_model_per_process():
         model = load_model(model_args, data_args, training_args)
+        if data_args.use_packed_ds:
+            from internvl.model.varlen_attention import packed_attention
+
+            attn = packed_attention(model_args.attn_implementation)
+            model.language_model.set_attn_implementation(attn)
+            logger.info("--use_packed_ds: LLM attention %s", attn)
         add_special_tokens(tokenizer, model)
         model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
         if model_args.grad_checkpoint:
@@ -313,8 +333,13 @@ def run(argv: list[str] | None = None) -> int:
         raise ConfigError("nothing to train: every parameter is frozen (check --freeze_* and LoRA flags)")
 
     train_dataset = build_train_dataset(tokenizer, model, data_args, training_args)
+    collator = DataCollator.from_tokenizer(tokenizer, packed=data_args.use_packed_ds,
+                                           loss_reduction=data_args.loss_reduction,
+                                           loss_reduction_all_gather=data_args.loss_reduction_all_gather)
     trainer = InternVLTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=DataCollator.from_tokenizer(tokenizer), processing_class=tokenizer)
+                              data_collator=collator, processing_class=tokenizer)
+    if data_args.loss_reduction != "token":  # the loss is normalised per micro-batch (InternVL), not by the
+        trainer.model_accepts_loss_kwargs = False  # Trainer's token count: it then averages over accumulation
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_final_model(training_args.output_dir)
     if trainer.args.should_save:

@@ -16,6 +16,7 @@ reading it for training reports it properly.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 
 import torch
@@ -49,6 +50,14 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.concat[self.index_map[i] if self.index_map is not None else i]
+
+    def locate(self, i: int):
+        """``(SupervisedDataset, annotation line)`` of sample ``i``."""
+        j = self.index_map[i] if self.index_map is not None else i
+        d = bisect.bisect_right(self.concat.cumulative_sizes, j)
+        ds = self.concat.datasets[d]
+        local = j - (self.concat.cumulative_sizes[d - 1] if d else 0)
+        return ds, ds.line_index[local]
 
     def estimated_lengths(self) -> list[int]:
         per_sample: list[int] = []

@@ -10,8 +10,12 @@ checkpoints. So a ``checkpoint-N`` is always complete, and an older one survives
 ``last_complete_checkpoint`` additionally requires ``trainer_state.json`` (checkpoints written by other tools)
 and warns about what it skips; staging folders left by a crash are reported and removed at start-up.
 
-Throughput: every training log line gets ``tokens_per_second`` (non-padding tokens of all ranks, counted by the
-Trainer's ``include_num_input_tokens_seen="non_padding"``) and ``samples_per_second`` since the previous log line.
+Throughput: every training log line gets, since the previous log line, ``tokens_per_second`` (real, non-padding
+tokens of all ranks, counted by the Trainer's ``include_num_input_tokens_seen="non_padding"``),
+``samples_per_second`` (training samples: a pack counts its samples), ``padding_share`` (padding tokens / all
+tokens this rank fed the LLM) and, on CUDA, ``mfu``: ``6 * parameters * real tokens/s`` over the GPUs' peak dense
+bf16 FLOP/s (``$INTERNVL_PEAK_TFLOPS`` per GPU, else a small table of known GPUs; absent when unknown). Attention
+FLOPs are left out, so MFU is a lower bound.
 
 ``group_by_length``: lengths come from the annotation rows, never from loading media: the row's ``length``
 field if present, else the tokenised conversation text plus ``num_image_token * (max_dynamic_patch +
@@ -128,6 +132,22 @@ def finished_run(training_args) -> dict | None:
     return record if done else None
 
 
+# peak dense bf16 TFLOP/s per GPU (vendor figures, without sparsity)
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+
+
+def peak_flops_per_gpu() -> float | None:
+    """Peak bf16 FLOP/s of this machine's GPU (``$INTERNVL_PEAK_TFLOPS`` wins); None without CUDA or if unknown."""
+    import torch
+
+    if os.environ.get("INTERNVL_PEAK_TFLOPS"):
+        return float(os.environ["INTERNVL_PEAK_TFLOPS"]) * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((tf * 1e12 for key, tf in PEAK_TFLOPS.items() if key in name), None)
+
+
 class InternVLTrainer(Trainer):
     """``Trainer`` with atomic checkpoints, throughput in the logs and row-based ``group_by_length``."""
 
@@ -194,22 +214,30 @@ class InternVLTrainer(Trainer):
             tokens, step = self.state.num_input_tokens_seen, self.state.global_step
             if last is not None and now > last[0] and step > last[2]:
                 elapsed = now - last[0]
-                samples = (step - last[2]) * self.args.train_batch_size * self.args.gradient_accumulation_steps \
-                    * self.args.world_size
-                logs["samples_per_second"] = round(samples / elapsed, 3)
+                logs["samples_per_second"] = round(self._samples_since_log * self.args.world_size / elapsed, 3)
                 if self.args.include_num_input_tokens_seen != "no":
                     logs["tokens_per_second"] = round((tokens - last[1]) / elapsed, 1)
+                    peak = peak_flops_per_gpu()
+                    if peak:
+                        logs["mfu"] = round(6 * self._param_count() * (tokens - last[1]) / elapsed
+                                            / (peak * self.args.world_size), 4)
+                if self._fed_tokens:
+                    logs["padding_share"] = round(1 - self._real_tokens / self._fed_tokens, 4)
             self._tput_last = (now, tokens, step)
+            self._samples_since_log = self._fed_tokens = self._real_tokens = 0
         super().log(logs, start_time)
+
+    def _param_count(self) -> int:
+        if getattr(self, "_n_params", None) is None:
+            model = self.model.module if hasattr(self.model, "module") else self.model
+            self._n_params = model.num_parameters(exclude_embeddings=True)
+        return self._n_params
 
     def floating_point_ops(self, inputs: dict) -> int:
         """6 x text tokens x parameters (``pixel_values`` is a dict of items per kind, not one tensor); the
         parameter count is taken once, not walked every step."""
-        if getattr(self, "_n_params", None) is None:
-            model = self.model.module if hasattr(self.model, "module") else self.model
-            self._n_params = model.num_parameters(exclude_embeddings=True)
         ids = inputs.get("input_ids")
-        return 6 * (int(ids.numel()) if ids is not None else 0) * self._n_params
+        return 6 * (int(ids.numel()) if ids is not None else 0) * self._param_count()
 
     def _run_epoch(self, *args, **kwargs):
         # resumed from a checkpoint at (or past) the last step: transformers would still run one more step
@@ -225,6 +253,13 @@ class InternVLTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if getattr(self, "_tput_last", None) is None:  # first step of this session: start the clock here
             self._tput_last = (time.perf_counter(), self.state.num_input_tokens_seen, self.state.global_step)
+            self._samples_since_log = self._fed_tokens = self._real_tokens = 0
+        ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+        if ids is not None:
+            self._fed_tokens += int(ids.numel())
+            self._real_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+            cu = inputs.get("cu_seq_lens_q")
+            self._samples_since_log += len(cu) - 1 if cu is not None else int(ids.shape[0])
         return super().training_step(model, inputs, num_items_in_batch)
 
     # --------------------------------------------------------------------------------- group_by_length

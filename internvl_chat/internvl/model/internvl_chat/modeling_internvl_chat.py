@@ -28,6 +28,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from internvl.constants import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
 from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
 from internvl.model.llm import build_llm, llm_lora_targets
+from internvl.model.loss import causal_lm_loss
+from internvl.model import varlen_attention  # noqa: F401  (registers the packed attention implementation)
 from internvl.model.projector import create_projector
 from internvl.model.vision.base import encoder_class
 from internvl.prompt import encode_generation_prompt, generation_prompt
@@ -192,13 +194,27 @@ class InternVLChatModel(PreTrainedModel):
     # ------------------------------------------------------------------ training forward
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, position_ids=None, image_flags=None,
                 past_key_values=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, item_kinds=None, **kwargs) -> CausalLMOutputWithPast:
+                output_hidden_states=None, return_dict=None, item_kinds=None, loss_weight=None,
+                loss_reduction_all_gather: bool = False, num_items_in_batch=None, cu_seq_lens_q=None,
+                cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs) -> CausalLMOutputWithPast:
+        """InternVL's forward. Packed rows (``internvl.train.packing``) come with ``cu_seq_lens_q/k`` and
+        ``max_length_q/k``: the LLM then gets no ``attention_mask`` and attends within each sample
+        (``internvl.model.varlen_attention``). The loss is ``internvl.model.loss.causal_lm_loss`` (optional
+        per-token ``loss_weight``, InternVL's ``sample``/``square`` reductions)."""
         embeds = self._merge(input_ids, pixel_values, image_flags, item_kinds=item_kinds)
-        lm_kwargs = {k: v for k, v in kwargs.items() if k in ("num_items_in_batch", "logits_to_keep")}
-        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, labels=labels, use_cache=use_cache,
-                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                   return_dict=True, **lm_kwargs)
+        lm_kwargs = {k: v for k, v in kwargs.items() if k == "logits_to_keep"}
+        if cu_seq_lens_q is not None:
+            attention_mask = None
+            lm_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+                             max_length_k=max_length_k)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  past_key_values=past_key_values, use_cache=use_cache,
+                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                  return_dict=True, **lm_kwargs)
+        if labels is not None:
+            out.loss = causal_lm_loss(out.logits, labels, loss_weight=loss_weight,
+                                      num_items_in_batch=num_items_in_batch, all_gather=loss_reduction_all_gather)
+        return out
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

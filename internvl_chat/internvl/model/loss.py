@@ -1,0 +1,49 @@
+"""The causal-LM loss of ``InternVLChatModel.forward``, with InternVL's per-token loss weights.
+
+Targets are the labels shifted by one within each row (a packed row's samples start with a ``-100`` label, set by
+the collator, so no sample is trained to predict the next sample's first token). Cross-entropy in fp32.
+
+* No ``loss_weight`` (``--loss_reduction token``): the sum over trained tokens divided by ``num_items_in_batch``
+  (the Trainer's count over all accumulated micro-batches and ranks) or, without it, by this batch's trained
+  tokens: transformers' own reduction.
+* ``loss_weight`` (``sample``/``square``; the collator gives every trained token of a sample with ``n`` trained
+  tokens the weight ``1/n`` or ``1/sqrt(n)``, as InternVL's ``len2weight``): ``sum(w * ce) / sum(w)`` over the
+  micro-batch; with ``loss_reduction_all_gather`` the denominator is averaged over the ranks first (InternVL's
+  ``--loss_reduction_all_gather``), so every rank divides by the same number.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from internvl.constants import IGNORE_INDEX
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position cross-entropy ``[B, T-1]`` of predicting ``labels[:, 1:]`` (0 where the label is ignored)."""
+    targets = labels[:, 1:].to(logits.device)
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    return ce.view(targets.shape)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss_weight: torch.Tensor | None = None,
+                   num_items_in_batch=None, all_gather: bool = False) -> torch.Tensor:
+    ce = token_losses(logits, labels)
+    if loss_weight is None:
+        if num_items_in_batch is None:
+            num_items_in_batch = (labels[:, 1:] != IGNORE_INDEX).sum()
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(ce.device)
+        return ce.sum() / num_items_in_batch
+    weight = loss_weight[:, 1:].to(ce.device, torch.float32)
+    denom = weight.sum()
+    if all_gather and dist.is_available() and dist.is_initialized():
+        denom = denom.detach().clone()
+        dist.all_reduce(denom)
+        denom = denom / dist.get_world_size()
+    return (ce * weight).sum() / denom.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+__all__ = ["causal_lm_loss", "token_losses"]
