@@ -29,7 +29,7 @@ def summarise(way: str, result: dict, warmup: int, lengths: list[int] | None, ba
            "losses": [s["loss"] for s in steps],
            "peak_mib": result.get("cuda_peak_mib", result["peak_rss_mib"]),
            "peak_kind": "cuda max_memory_allocated" if "cuda_peak_mib" in result else "max RSS of the process",
-           "peak_rss_workers_mib": result.get("peak_rss_workers_mib"),
+           "peak_rss_subprocesses_mib": result.get("peak_rss_subprocesses_mib"),
            "process_seconds": result.get("process_seconds")}
     if "prep_seconds" in result:
         row["prep_ms_per_sample"] = 1000 * result["prep_seconds"] / max(result["prep_samples"], 1)

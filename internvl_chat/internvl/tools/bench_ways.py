@@ -2,7 +2,8 @@
 
 ``SPEC`` is a JSON file written by ``bench_train`` (model folders, meta JSON, batch size, steps, lr, seed, device,
 and the way); the process writes ``SPEC``'s ``result`` path: per step its wall time, real (non-pad) tokens,
-samples and loss, and the process's peak memory (``ru_maxrss`` of itself and of its DataLoader workers; on CUDA
+samples and loss, and the process's peak memory (``ru_maxrss`` of itself, and the largest of the processes it started,
+DataLoader workers included; on CUDA
 ``torch.cuda.max_memory_allocated``). One process per way, so each peak is that way's own.
 
 * ``plain``: what a transformers user writes. ``InternVLForConditionalGeneration.from_pretrained`` on the ``-hf``
@@ -37,7 +38,7 @@ import torch
 
 def peak_memory(device: str) -> dict:
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "peak_rss_workers_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+           "peak_rss_subprocesses_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     if device == "cuda" and torch.cuda.is_available():
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -149,9 +150,10 @@ def finetune_argv(spec: dict, output_dir: str) -> list[str]:
     return argv
 
 
-def steps_from_log(log_history: list[dict], batch_size: int) -> list[dict]:
-    """Per optimizer step: wall seconds (new tokens / tokens_per_second), tokens, samples (from the logged
-    ``samples_per_second`` when there are no tokens), loss."""
+def steps_from_log(log_history: list[dict]) -> list[dict]:
+    """Per optimizer step (``--logging_steps 1``): wall seconds (new tokens / ``tokens_per_second``), real tokens,
+    samples (``samples_per_second`` x seconds: a pack counts its samples), loss, and ``padding_share`` when
+    logged."""
     steps, seen = [], 0
     for entry in log_history:
         if "loss" not in entry:
@@ -159,10 +161,11 @@ def steps_from_log(log_history: list[dict], batch_size: int) -> list[dict]:
         tokens = int(entry["num_input_tokens_seen"]) - seen
         seen = int(entry["num_input_tokens_seen"])
         seconds = tokens / entry["tokens_per_second"]
-        samples = entry.get("train_samples_in_step")
-        steps.append({"seconds": seconds, "tokens": tokens, "loss": entry["loss"],
-                      "samples": int(samples) if samples is not None else batch_size,
-                      **{k: entry[k] for k in ("padding_share", "step_samples") if k in entry}})
+        step = {"seconds": seconds, "tokens": tokens, "loss": entry["loss"],
+                "samples": round(entry["samples_per_second"] * seconds)}
+        if "padding_share" in entry:
+            step["padding_share"] = entry["padding_share"]
+        steps.append(step)
     return steps
 
 
@@ -174,12 +177,13 @@ def run_ours(spec: dict) -> dict:
     if rc:
         raise SystemExit(rc)
     state = json.loads((Path(out) / "trainer_state.json").read_text(encoding="utf-8"))
-    return {"steps": steps_from_log(state["log_history"], spec["batch_size"]), "output_dir": out}
+    return {"steps": steps_from_log(state["log_history"]), "output_dir": out}
 
 
 def profiled(runner, spec: dict) -> dict:
-    """``runner(spec)`` under cProfile; the 40 functions with the most cumulative time go to
-    ``WORK/profile_WAY.txt`` (the whole process after imports: data preparation, model loading, training)."""
+    """``runner(spec)`` under cProfile, into ``WORK/profile_WAY.txt``: the 45 functions of the training path
+    (ours, the Trainer, accelerate, torch's optimizer and autograd, the data modules) with the most cumulative
+    time, then the 25 of everything (imports included) with the most own time."""
     import cProfile
     import io
     import pstats
@@ -187,7 +191,10 @@ def profiled(runner, spec: dict) -> dict:
     prof = cProfile.Profile()
     result = prof.runcall(runner, spec)
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(40)
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("cumulative").print_stats(r"(internvl|trainer|accelerate|optim|autograd|collate|tokeniz|PIL)",
+                                               45)
+    stats.sort_stats("tottime").print_stats(25)
     Path(spec["work"], f"profile_{spec['way']}.txt").write_text(buf.getvalue(), encoding="utf-8")
     return result
 
