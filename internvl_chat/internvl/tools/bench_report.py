@@ -13,7 +13,7 @@ from pathlib import Path
 
 from internvl.tools.bench_data import BatchStats, padded_batches, total
 
-COLUMNS = (("way", "{}"), ("steps", "{}"), ("real tok/s", "{:.0f}"), ("samples/s", "{:.2f}"),
+COLUMNS = (("way", "{}"), ("steps", "{}"), ("real tok/s", "{:.0f}"), ("runs tok/s", "{}"), ("samples/s", "{:.2f}"),
            ("padding", "{:.1%}"), ("peak MiB", "{:.0f}"), ("ms/step", "{:.1f}"), ("first loss", "{:.4f}"))
 
 
@@ -63,19 +63,29 @@ def packed_padding(steps: list[dict]) -> dict:
     return {"padding_share": stats.padding_share, "tokens_check": "from the run's log"}
 
 
+RATIOS = (("packed/unpacked", "packed", "unpacked"), ("unpacked/plain", "unpacked", "plain"))
+
+
 def ratios(rows: dict[str, dict]) -> dict[str, float]:
-    out = {}
-    for name, a, b in (("packed/unpacked", "packed", "unpacked"), ("unpacked/plain", "unpacked", "plain")):
-        if a in rows and b in rows:
-            out[name] = rows[a]["real_tokens_per_s"] / rows[b]["real_tokens_per_s"]
-    return out
+    """Real tokens/s of one way over another's (the rows' median runs)."""
+    return {name: rows[a]["real_tokens_per_s"] / rows[b]["real_tokens_per_s"]
+            for name, a, b in RATIOS if a in rows and b in rows}
+
+
+def paired_ratios(rows: dict[str, dict]) -> dict[str, list[float]]:
+    """The same ratios round by round (run i of one way over run i of the other, which ran minutes apart and so
+    under similar load from other work on a shared machine)."""
+    return {name: [x / y for x, y in zip(rows[a]["runs_real_tokens_per_s"], rows[b]["runs_real_tokens_per_s"])]
+            for name, a, b in RATIOS if a in rows and b in rows}
 
 
 def format_table(rows: dict[str, dict], skipped: dict[str, str]) -> str:
     header = [name for name, _ in COLUMNS]
     lines = []
     for row in rows.values():
+        runs = row.get("runs_real_tokens_per_s", [row["real_tokens_per_s"]])
         values = [row["way"], f"{row['timed_steps']}/{row['steps']}", row["real_tokens_per_s"],
+                  f"{min(runs):.0f}-{max(runs):.0f}",
                   row["samples_per_s"], row["padding_share"], row["peak_mib"], row["median_step_ms"],
                   row["losses"][0]]
         lines.append([("n/a" if v is None else fmt.format(v)) for (_, fmt), v in zip(COLUMNS, values)])
@@ -108,4 +118,4 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["format_table", "median_run", "plot", "ratios", "summarise"]
+__all__ = ["format_table", "median_run", "paired_ratios", "plot", "ratios", "summarise"]

@@ -260,7 +260,7 @@ def run(argv=None) -> int:
         for way in results:
             print(f"== {way} (run {repeat + 1} of {args.repeats}) ...", flush=True)
             results[way].append(run_way(spec, way, work))
-    from internvl.tools.bench_report import format_table, median_run, plot, ratios, summarise
+    from internvl.tools.bench_report import format_table, median_run, paired_ratios, plot, ratios, summarise
 
     rows = {way: median_run([summarise(way, res, args.warmup_steps, lengths, args.batch_size) for res in runs])
             for way, runs in results.items()}
@@ -268,11 +268,14 @@ def run(argv=None) -> int:
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine(),
               "settings": {k: v for k, v in spec.items() if k not in ("work", "pad_token_id")},
               "rows": args.rows, "warmup_steps": args.warmup_steps, "ways": rows, "skipped": skipped,
-              "ratios_real_tokens_per_s": ratios(rows)}
+              "ratios_real_tokens_per_s": ratios(rows), "paired_ratios_per_round": paired_ratios(rows)}
     table = format_table(rows, skipped)
     ratio_line = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios_real_tokens_per_s"].items())
     print(table)
-    print(f"real tokens/s ratios: {ratio_line or 'n/a'}")
+    print(f"real tokens/s ratios (median runs): {ratio_line or 'n/a'}")
+    if args.repeats > 1:
+        for name, values in report["paired_ratios_per_round"].items():
+            print(f"  {name} round by round: {', '.join(f'{v:.2f}x' for v in values)}")
     atomic_write_text(json.dumps(report, indent=1) + "\n", str(work / "bench_train.json"))
     if rows:
         plot(rows, work / "bench_train.png", f"{args.arch}, {args.device}, {args.rows} rows, batch {args.batch_size}")
