@@ -63,13 +63,15 @@ def packed_padding(steps: list[dict]) -> dict:
     return {"padding_share": stats.padding_share, "tokens_check": "from the run's log"}
 
 
-RATIOS = (("packed/unpacked", "packed", "unpacked"), ("unpacked/plain", "unpacked", "plain"))
+RATIOS = (("packed/unpacked", "packed", "unpacked"), ("unpacked/plain", "unpacked", "plain"),
+          ("unpacked/plain_lazy", "unpacked", "plain_lazy"))
 
 
 def ratios(rows: dict[str, dict]) -> dict[str, float]:
-    """Real tokens/s of one way over another's (the rows' median runs)."""
-    return {name: rows[a]["real_tokens_per_s"] / rows[b]["real_tokens_per_s"]
-            for name, a, b in RATIOS if a in rows and b in rows}
+    """Real tokens/s of one way over another's: the median of the round-by-round ratios (``paired_ratios``; with
+    one run each, the plain ratio). Robust to the load of other work changing between rounds, which a ratio of
+    the ways' median runs is not."""
+    return {name: statistics.median(values) for name, values in paired_ratios(rows).items()}
 
 
 def paired_ratios(rows: dict[str, dict]) -> dict[str, list[float]]:

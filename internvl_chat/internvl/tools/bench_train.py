@@ -3,6 +3,7 @@
     python -m internvl.tools.bench_train [--work work_dirs/bench_train] [--model pretrained/InternVL-tiny]
         [--rows 240] [--batch-size 4] [--warmup-steps 3] [--dataloader-num-workers 0]
         [--max-packed-tokens 1024] [--num-images-expected 8] [--loss-reduction token] [--ways plain,unpacked,packed]
+        [--threads 1] [--repeats 1] [--profile]
     python -m internvl.tools.bench_train --device cuda --arch internvl2-1b [--dry-run]
 
 1. ``bench_data.write_skewed_dataset`` writes a seeded set into ``WORK/data`` (half one-image rows with short
@@ -16,7 +17,14 @@
    (image context tokens included); padding share = pad slots / all slots over the whole epoch (``bench_data``),
    checked against the real tokens each run counted. Peak memory is the way's own process (CPU: max RSS; CUDA:
    ``max_memory_allocated``).
-4. One table on stdout, ``WORK/bench_train.json`` and a bar chart ``WORK/bench_train.png``.
+4. One table on stdout, ``WORK/bench_train.json`` and a bar chart ``WORK/bench_train.png``. ``--repeats R`` runs
+   the ways round-robin R times; each way's row is its median-rate run, the JSON keeps every run; the ratios are
+   the medians of the round-by-round ratios (a shared machine's load moved single runs by a factor of 2).
+
+CPU threads: every way runs with ``--threads`` torch/OpenMP threads (default 1). On the shared 2-core machine the
+default of 2 threads made the same steps 5-17x slower (OpenMP workers waiting on cores other processes hold), so
+2 threads measured the machine's load, not the training path. ``--profile`` runs each way under cProfile and
+writes ``WORK/profile_WAY.txt``.
 
 ``--arch internvl2-1b`` builds an InternVL2-1B-shaped model (InternViT-300M-448px + Qwen2-0.5B, 938M parameters)
 with random weights and the ``--model`` folder's tokenizer (its ids are a subset of the 151,655-row vocabulary),
@@ -40,6 +48,7 @@ from internvl.fileio import atomic_write_text
 from internvl.tools.bench_data import padded_batches, total, write_skewed_dataset
 
 WAYS = ("plain", "unpacked", "packed")
+EXTRA_WAYS = ("plain_lazy",)  # plain with samples built inside the timed loop (bench_ways); on request only
 # InternVL2-1B: InternViT-300M-448px + Qwen2-0.5B-Instruct (research note internvl.md, sections 3.1 and 6.1)
 INTERNVL2_1B_VISION = dict(image_size=448, patch_size=14, hidden_size=1024, num_hidden_layers=24,
                            num_attention_heads=16, intermediate_size=4096, qkv_bias=True, norm_type="layer_norm",
@@ -85,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
-    if not args.ways or any(w not in WAYS for w in args.ways):
-        raise ConfigError(f"--ways {','.join(args.ways)}: each must be one of {', '.join(WAYS)}")
+    if not args.ways or any(w not in WAYS + EXTRA_WAYS for w in args.ways):
+        raise ConfigError(f"--ways {','.join(args.ways)}: each must be one of {', '.join(WAYS + EXTRA_WAYS)}")
     for name in ("rows", "batch_size", "threads", "repeats", "max_seq_length", "max_packed_tokens", "num_images_expected"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -223,8 +232,8 @@ def dry_run(args, work: Path, spec: dict) -> None:
     print(f"device {args.device}, bf16 {spec['bf16']}, LLM LoRA rank {spec['lora'] or 'off'}; {args.rows} rows, "
           f"batch {args.batch_size}, {spec['steps']} steps per unpacked epoch, warm-up {args.warmup_steps}")
     for way in args.ways:
-        if way == "plain":
-            print("plain: export -hf, InternVLForConditionalGeneration hand loop (AdamW, padded batches)")
+        if way.startswith("plain"):
+            print(f"{way}: export -hf, InternVLForConditionalGeneration hand loop (AdamW, padded batches)")
         else:
             print(f"{way}: internvl_chat_finetune {' '.join(finetune_argv(dict(spec, way=way), str(work / f'run_{way}')))}")
 
@@ -247,7 +256,7 @@ def run(argv=None) -> int:
     image_size = InternVLChatConfig.from_pretrained(model).image_size
     meta = write_skewed_dataset(work / "data", rows=args.rows, image_size=image_size, seed=args.seed)
     spec = base_spec(args, work, model, meta, tokenizer)
-    if "plain" in args.ways:
+    if {"plain", "plain_lazy"} & set(args.ways):
         from internvl.tools.export_hf import export
 
         export(str(model), spec["hf_model"])
@@ -272,7 +281,8 @@ def run(argv=None) -> int:
     table = format_table(rows, skipped)
     ratio_line = ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios_real_tokens_per_s"].items())
     print(table)
-    print(f"real tokens/s ratios (median runs): {ratio_line or 'n/a'}")
+    how = f"median of {args.repeats} round-by-round ratios" if args.repeats > 1 else "one run each"
+    print(f"real tokens/s ratios ({how}): {ratio_line or 'n/a'}")
     if args.repeats > 1:
         for name, values in report["paired_ratios_per_round"].items():
             print(f"  {name} round by round: {', '.join(f'{v:.2f}x' for v in values)}")

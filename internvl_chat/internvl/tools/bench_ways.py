@@ -17,12 +17,17 @@ DataLoader workers included; on CUDA
   itself (every transformers SFT recipe masks labels with code of its own); and identical ids make the
   comparison one of training paths, not of tokenisations. Step time = collate + forward + backward + clip +
   optimizer step (the data are already in memory).
+* ``plain_lazy`` (not in the default set): ``plain`` with each batch's samples built inside the timed step, as a
+  transformers user's lazy ``Dataset`` would (the same dataset class, so the same per-sample work as ours): it
+  separates the cost of building samples from the cost of the training loop.
 * ``unpacked`` / ``packed``: the real finetune entry point (``internvl_chat_finetune.main``) in this process,
   no DeepSpeed, ``--train_sampling_strategy sequential`` (the same order as ``plain``), constant lr,
-  ``--logging_steps 1``. Per step, the Trainer's own log: ``num_input_tokens_seen`` (non-padding tokens) and our
-  ``InternVLTrainer`` throughput fields; the step's wall time is ``new tokens / tokens_per_second`` (the time
-  between two consecutive logs: the batch's loading and collation, forward, backward, optimizer step).
-  ``packed`` adds ``--use_packed_ds True --max_packed_tokens N --num_images_expected M --loss_reduction R``.
+  ``--logging_steps 1``, one epoch. Per step, the Trainer's own log: ``num_input_tokens_seen`` (non-padding
+  tokens) and our ``InternVLTrainer`` throughput fields; the step's wall time is ``new tokens /
+  tokens_per_second`` (the time between two consecutive logs: the batch's loading and collation, forward,
+  backward, optimizer step), its samples ``samples_per_second`` x that time (a pack counts its samples).
+  ``packed`` adds ``--use_packed_ds True --max_packed_tokens N --num_images_expected M --loss_reduction R`` and
+  trains one pack per step (``--per_device_train_batch_size 1``); its ``padding_share`` is the run's own log.
 """
 from __future__ import annotations
 
@@ -45,8 +50,9 @@ def peak_memory(device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def training_samples(spec: dict) -> list[dict]:
-    """Every row of the meta JSON as the finetune's dataset builds it (same tokenizer, template, options)."""
+def training_samples(spec: dict, lazy: bool = False):
+    """Every row of the meta JSON as the finetune's dataset builds it (same tokenizer, template, options): a list,
+    or with ``lazy`` the dataset itself (each sample built when indexed)."""
     from internvl.data.collate import DataCollator  # noqa: F401  (same import cost as the finetune's)
     from internvl.model.checkpoint import read_tokenizer
     from internvl.model.internvl_chat import InternVLChatConfig
@@ -57,7 +63,7 @@ def training_samples(spec: dict) -> list[dict]:
     concat = build_datasets(spec["meta"], tokenizer, config, template_name=spec["template"],
                             max_seq_length=spec["max_seq_length"], data_options={"normalize_type": "imagenet"},
                             is_train=True, seed=spec["seed"])
-    return [concat[i] for i in range(len(concat))]
+    return concat if lazy else [concat[i] for i in range(len(concat))]
 
 
 def hf_batch(samples: list[dict], pad_id: int, device: str, dtype) -> dict:
@@ -98,7 +104,7 @@ def run_plain(spec: dict) -> dict:
 
     device = spec["device"]
     t0 = time.perf_counter()
-    samples = training_samples(spec)
+    samples = training_samples(spec, lazy=spec["way"] == "plain_lazy")
     prep = time.perf_counter() - t0
     model = InternVLForConditionalGeneration.from_pretrained(spec["hf_model"], dtype=torch.float32).to(device)
     if spec.get("lora"):
@@ -112,8 +118,8 @@ def run_plain(spec: dict) -> dict:
     bsz = spec["batch_size"]
     steps = []
     for start in range(0, min(len(samples), spec["steps"] * bsz), bsz):
-        rows = samples[start:start + bsz]
         t = time.perf_counter()
+        rows = [samples[i] for i in range(start, min(start + bsz, len(samples)))]  # lazy: built here
         batch = hf_batch(rows, pad_id, device, torch.float32)
         with autocast:
             loss = model(**batch).loss
@@ -206,12 +212,12 @@ def main(argv=None) -> int:
     torch.manual_seed(spec["seed"])
     if spec["device"] == "cpu" and spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    runner = run_plain if spec["way"] == "plain" else run_ours
+    runner = run_plain if spec["way"] in ("plain", "plain_lazy") else run_ours
     if spec.get("profile"):
         result = profiled(runner, spec)
     else:
         result = runner(spec)
-    result.update(way=spec["way"], **peak_memory(spec["device"]))
+    result.update(way=spec["way"], torch_threads=torch.get_num_threads(), **peak_memory(spec["device"]))
     tmp = spec["result"] + ".tmp"
     Path(tmp).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, spec["result"])
