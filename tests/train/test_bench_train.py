@@ -86,6 +86,7 @@ def test_tiny_run_reports_every_way(tiny_model_dir, tmp_path):
     for name in ("plain", "unpacked"):
         assert ways[name]["steps"] == 2 and ways[name]["timed_steps"] == 1 and ways[name]["samples"] == 8
         assert ways[name]["tokens_check"] == "ok"
+    assert ways["unpacked"]["logged_padding_check"] == "ok"  # the Trainer's own padding_share agrees
     assert ways["unpacked"]["padding_share"] == ways["plain"]["padding_share"] > 0.2  # skewed data pads a lot
     assert ways["unpacked"]["losses"][0] == pytest.approx(ways["plain"]["losses"][0], abs=1e-4)
     assert ways["plain"]["real_tokens"] == ways["unpacked"]["real_tokens"]

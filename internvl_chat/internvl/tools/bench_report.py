@@ -42,6 +42,11 @@ def summarise(way: str, result: dict, warmup: int, lengths: list[int] | None, ba
         counted = [s["tokens"] for s in steps]
         row["tokens_check"] = "ok" if predicted == counted else f"mismatch: lengths say {predicted[:5]}..., " \
                                                                  f"the run counted {counted[:5]}..."
+        logged = [s["padding_share"] for s in steps if "padding_share" in s]
+        if logged:  # ours logs its own per-step padding share: it must agree with the lengths (4 decimals)
+            agree = len(logged) == len(batches) and all(abs(round(b.padding_share, 4) - p) < 1e-4
+                                                         for b, p in zip(batches, logged))
+            row["logged_padding_check"] = "ok" if agree else "mismatch with the lengths"
     return row
 
 
@@ -106,8 +111,11 @@ def plot(rows: dict[str, dict], path: Path, title: str) -> None:
 
     ways = list(rows)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
-    ax1.bar(ways, [rows[w]["real_tokens_per_s"] for w in ways], color="#4c72b0")
-    ax1.set_ylabel("real (non-pad) tokens / s")
+    rates = [rows[w]["real_tokens_per_s"] for w in ways]
+    runs = [rows[w].get("runs_real_tokens_per_s", [r]) for w, r in zip(ways, rates)]
+    ax1.bar(ways, rates, color="#4c72b0", yerr=[[r - min(x) for r, x in zip(rates, runs)],
+                                                 [max(x) - r for r, x in zip(rates, runs)]], capsize=4)
+    ax1.set_ylabel("real (non-pad) tokens / s\n(median run; bars: all runs)")
     ax2.bar(ways, [100 * (rows[w]["padding_share"] or 0) for w in ways], color="#dd8452")
     ax2.set_ylabel("padding share (%)")
     for ax in (ax1, ax2):
