@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed
+.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed bench-train
 
 venv: $(VENV)/.installed
 
@@ -36,3 +36,8 @@ demo-brainfound: venv
 # two vision towers in one model (image + volume), answers that need both
 demo-mixed: venv
 	PYTHON=$(PY) sh shell/neuro/demo_mixed.sh
+
+# training throughput: plain transformers loop vs our finetune unpacked vs packed (README, "Training throughput")
+bench-train: venv
+	test -f pretrained/InternVL-tiny/config.json || $(PY) pretrained/build_tiny.py
+	$(PY) -m internvl.tools.bench_train $(BENCH_ARGS)
