@@ -24,7 +24,9 @@ reads without building the object, e.g. a media kind's ``option_names``). With a
 * ``registry.get(name)`` of a declared name imports that one plugin, then returns the object;
 * ``name in registry``, ``registry.names()`` (error messages' ``known: ...``, listings) and
   ``registry.facts(attr)`` include declared names without importing anything;
-* ``registry.items()`` (the objects themselves) imports the plugins that declare something in that registry.
+* ``registry.items()`` (the objects themselves) imports the plugins that declare something in that registry;
+* ``registry.get(name)`` of a name no manifest declares imports every plugin before it calls the name unknown (a
+  plugin newer than its manifest still works, with a warning to regenerate the manifest).
 
 So a plain image run imports no plugin at all (no diffusers from Brainfound). An entry-point plugin without a
 manifest is imported the first time a registry is asked about a name it does not hold, or lists its names (the
@@ -194,6 +196,11 @@ class Registry:
         if not self._registered(name):
             self._make_available(name)
         if not self._registered(name):
+            _import_declared()  # before calling a name unknown, look in every plugin (a manifest may be stale)
+            if self._registered(name):
+                logger.warning("%s %r is registered by a plugin whose manifest does not declare it; regenerate the "
+                               "manifests (python -m internvl.tools.plugin_manifest MODULE --write)", self.what, name)
+        if not self._registered(name):
             module = _discovery.provider(self.what, name)
             stale = (f" The manifest of plugin {module!r} declares it, but importing the plugin did not register it "
                      f"(regenerate the manifest: python -m internvl.tools.plugin_manifest {module} --write)."
@@ -212,9 +219,7 @@ class Registry:
 
     def items(self) -> list[tuple[str, Any]]:
         """Every ``(name, object)``: imports the plugins that declare something in this registry."""
-        _import_undeclared()
-        for module in sorted({e[0] for e in _discovery.declared.get(self.what, {}).values()}):
-            _import_plugin(module)
+        _import_declared(self.what)
         return sorted(self._items.items())
 
     def facts(self, attr: str) -> dict[str, Any]:
@@ -271,6 +276,14 @@ def _import_undeclared() -> list[str]:
     """Import what must be imported to know its names: ``$INTERNVL_PLUGINS`` and entry points without manifest."""
     _discovery.run()
     return [m for m in _env_plugins() + _discovery.undeclared if _import_plugin(m)]
+
+
+def _import_declared(what: str | None = None) -> None:
+    """Import the manifest plugins that declare something in registry ``what`` (None: all of them)."""
+    _import_undeclared()
+    tables = _discovery.declared.values() if what is None else [_discovery.declared.get(what, {})]
+    for module in sorted({entry[0] for table in tables for entry in table.values()}):
+        _import_plugin(module)
 
 
 def load_plugins(modules: Iterable[str] = ()) -> list[str]:

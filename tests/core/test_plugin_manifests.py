@@ -39,11 +39,11 @@ def test_every_shipped_plugin_has_a_manifest():
         assert manifest is not None and manifest["plugin"] == module and manifest["registries"], module
 
 
-@pytest.mark.parametrize("module", SHIPPED)
-def test_manifest_matches_what_importing_the_plugin_registers(module):
-    proc = subprocess.run([sys.executable, "-m", "internvl.tools.plugin_manifest", module, "--check"], cwd=REPO,
+def test_manifests_match_what_importing_the_plugins_registers():
+    proc = subprocess.run([sys.executable, "-m", "internvl.tools.plugin_manifest", *SHIPPED, "--check"], cwd=REPO,
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("up to date") == len(SHIPPED)
 
 
 def _fake_plugins(root: Path, *, stale: bool = False) -> None:
@@ -57,64 +57,83 @@ def _fake_plugins(root: Path, *, stale: bool = False) -> None:
     pkg = root / "lab_declared"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(textwrap.dedent('''
-        from internvl.model import register_projector
-        from internvl.model.projector import create_projector
+        from internvl.evaluation.base import EvalTask, register_task
 
-        @register_projector("lab_proj", aliases=("lab_proj_alias",))
-        def lab_proj(**kw):
-            return create_projector("mlp", **kw)
+        @register_task("lab_task", aliases=("lab_task_alias",))
+        class LabTask(EvalTask):
+            pass
+
+        @register_task("lab_undeclared")  # newer than the manifest
+        class LabUndeclared(EvalTask):
+            pass
     '''))
-    declared = {"lab_proj": {"aliases": ["lab_proj_alias"]}}
+    declared = {"lab_task": {"aliases": ["lab_task_alias"]}}
     if stale:
         declared["lab_gone"] = {"aliases": []}
-    (pkg / MANIFEST_NAME).write_text(json.dumps({"plugin": "lab_declared", "registries": {"projector": declared}}))
+    (pkg / MANIFEST_NAME).write_text(json.dumps({"plugin": "lab_declared", "registries": {"eval task": declared}}))
     (root / "lab_plain.py").write_text(textwrap.dedent('''
-        from internvl.model import register_projector
-        from internvl.model.projector import create_projector
+        from internvl.evaluation.base import EvalTask, register_task
 
-        @register_projector("plain_proj")
-        def plain_proj(**kw):
-            return create_projector("mlp", **kw)
+        @register_task("plain_task")
+        class PlainTask(EvalTask):
+            pass
     '''))
 
 
 def test_declared_names_list_without_import_and_resolve_by_importing_one_plugin(tmp_path):
     _fake_plugins(tmp_path)
     proc = _python('''
-        import sys
-        from internvl.model import PROJECTORS, list_projectors
-        names = list_projectors()
-        # listing: declared names without importing any plugin with a manifest; the manifest-less one is imported
-        assert "lab_proj" in names and "brain3d_vit" not in names and "qformer" in names, names
+        import logging, sys
+        logging.basicConfig(level=logging.WARNING)
+        from internvl.evaluation.base import EVAL_TASKS, list_tasks
+        names = list_tasks()
+        # listing: declared names (ours and the shipped plugins') without importing a plugin that has a manifest;
+        # the manifest-less one is imported to learn its names
+        assert {"lab_task", "plain_task", "tumour_grade", "neuro_classification"} <= set(names), names
+        assert "lab_task_alias" not in names and "lab_undeclared" not in names
         assert "lab_declared" not in sys.modules and "lab_plain" in sys.modules
         assert not any(m.startswith("patches.") for m in sys.modules), sorted(sys.modules)
-        assert "lab_proj_alias" in PROJECTORS and "lab_declared" not in sys.modules
+        assert "lab_task_alias" in EVAL_TASKS and "nope" not in EVAL_TASKS and "lab_declared" not in sys.modules
         # lookup by alias imports exactly the declaring plugin
-        assert PROJECTORS.get("lab_proj_alias") is PROJECTORS.get("lab_proj")
+        assert EVAL_TASKS.get("lab_task_alias") is EVAL_TASKS.get("lab_task")
         assert "lab_declared" in sys.modules
         assert not any(m.startswith("patches.") for m in sys.modules)
-        # a shipped plugin's name imports that plugin only
-        from internvl.model import VISION_MODELS
-        VISION_MODELS.get("brain3d_vit")
-        assert "patches.neuro" in sys.modules
-        assert "patches.pathology" not in sys.modules and "patches.brainfound" not in sys.modules
-        assert "diffusers" not in sys.modules
         print("ok")
     ''', tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
+def test_name_missing_from_the_manifests_is_found_with_a_warning(tmp_path):
+    """Every plugin is imported before a name is called unknown: a plugin newer than its manifest still works."""
+    _fake_plugins(tmp_path)
+    proc = _python('''
+        import logging, sys
+        logging.basicConfig(level=logging.WARNING)
+        from internvl import registry
+        from internvl.evaluation.base import EVAL_TASKS
+        registry._loaded_modules.update({SHIPPED!r})  # the shipped plugins count as imported: keeps this light
+        assert "lab_declared" not in sys.modules
+        assert EVAL_TASKS.get("lab_undeclared").__name__ == "LabUndeclared"
+        print("ok")
+    '''.replace("{SHIPPED!r}", repr(SHIPPED)), tmp_path)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    assert "eval task 'lab_undeclared' is registered by a plugin whose manifest does not declare it" in proc.stderr
+
+
 def test_stale_manifest_is_named_and_check_fails(tmp_path):
     _fake_plugins(tmp_path, stale=True)
     proc = _python('''
-        from internvl.model import PROJECTORS
+        from internvl import registry
+        from internvl.evaluation.base import EVAL_TASKS
+        registry._loaded_modules.update({SHIPPED!r})  # keep the shipped plugins out (see above)
         try:
-            PROJECTORS.get("lab_gone")
+            EVAL_TASKS.get("lab_gone")
         except KeyError as exc:
             print("ERR", exc)
-    ''', tmp_path)
-    assert "ERR unknown projector 'lab_gone'" in proc.stdout, proc.stderr[-3000:]
+    '''.replace("{SHIPPED!r}", repr(SHIPPED)), tmp_path)
+    assert "ERR unknown eval task 'lab_gone'" in proc.stdout, proc.stderr[-3000:]
     assert "manifest of plugin 'lab_declared' declares it" in proc.stdout
+    assert "lab_undeclared" in proc.stdout  # the error lists what the plugins actually registered
     check = subprocess.run([sys.executable, "-m", "internvl.tools.plugin_manifest", "lab_declared", "--check"],
                            cwd=REPO, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
     assert check.returncode == 2 and "does not match" in check.stderr, check.stderr[-2000:]
@@ -126,10 +145,10 @@ def test_plugins_flag_and_env_still_import_eagerly(tmp_path):
         import os, sys
         from internvl.registry import load_plugins
         assert "lab_declared" in load_plugins(["lab_declared"])  # --plugins: imported now, manifest or not
-        os.environ["INTERNVL_PLUGINS"] = "patches.pathology"
-        from internvl.model import list_projectors
-        list_projectors()
-        assert "patches.pathology" in sys.modules and "patches.brainfound" not in sys.modules
+        os.environ["INTERNVL_PLUGINS"] = "lab_plain"
+        from internvl.evaluation.base import list_tasks
+        list_tasks()
+        assert "lab_plain" in sys.modules and not any(m.startswith("patches.") for m in sys.modules)
         print("ok")
     ''', tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
@@ -149,7 +168,7 @@ def small_demo(tmp_path_factory) -> Path:
 
 def test_image_only_entry_points_import_no_plugin(tiny_model_dir, small_demo, tmp_path):
     """check_data, custom_eval and inference_v2 on the tiny image model, entry points active: no ``patches.*``
-    module and no diffusers gets imported."""
+    module and no diffusers gets imported; then looking up a neuro encoder imports the neuro plugin alone."""
     image = next((small_demo / "images").rglob("*.png"))
     runs = [
         ("module", "internvl.tools.check_data", [str(small_demo / "train_meta.json"), "--model", str(tiny_model_dir),
@@ -171,6 +190,11 @@ def test_image_only_entry_points_import_no_plugin(tiny_model_dir, small_demo, tm
                 assert exc.code in (0, None), (target, exc.code)
             bad = sorted(m for m in sys.modules if m == "diffusers" or m.startswith("patches."))
             assert not bad, (target, bad)
+        # a shipped plugin's name imports that plugin only
+        from internvl.model import VISION_MODELS
+        VISION_MODELS.get("brain3d_vit")
+        assert "patches.neuro" in sys.modules and "diffusers" not in sys.modules
+        assert "patches.pathology" not in sys.modules and "patches.brainfound" not in sys.modules
         print("ok")
     ''')
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-3000:])

@@ -7,8 +7,10 @@ every name the plugin added (with its registry aliases and the facts each regist
     python -m internvl.tools.plugin_manifest patches.neuro            # print it
     python -m internvl.tools.plugin_manifest patches.neuro --write    # write patches/neuro/internvl_plugin.json
     python -m internvl.tools.plugin_manifest patches.neuro --check    # exit 2 if the file differs
+    python -m internvl.tools.plugin_manifest patches.pathology patches.neuro patches.brainfound --check
 
-Run each plugin in a fresh process (this tool does): a plugin already imported registers nothing new.
+Several plugins are derived one after the other in one process (each one's names are those its own import
+added); a plugin that another one imported on the way must be derived in a process of its own.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ CORE_REGISTERING_MODULES = ("internvl.model", "internvl.model.internvl_chat", "i
 
 
 def derive_manifest(module: str) -> dict:
-    """The manifest of ``module`` (imports it: call in a process where it is not imported yet)."""
+    """The manifest of ``module``: imports it, so call it where it is not imported yet (plugins already imported
+    keep their names: several plugins can be derived one after the other in one process)."""
     os.environ["INTERNVL_NO_PLUGINS"] = "1"  # only what this module's import registers
     from internvl import registry
 
@@ -33,13 +36,13 @@ def derive_manifest(module: str) -> dict:
         raise RuntimeError(f"{module!r} is already imported in this process; derive its manifest in a fresh one")
     for core in CORE_REGISTERING_MODULES:
         importlib.import_module(core)
-    before = registry.registry_snapshot()
+    before, modules_before = registry.registry_snapshot(), set(sys.modules)
     importlib.import_module(module)
     after = registry.registry_snapshot()
-    # a plugin that imports another plugin does not provide the other's names
+    # a plugin whose import imports another plugin does not provide the other's names
     others: dict[str, set[str]] = {}
     for ep in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP):
-        if ep.value != module and ep.value in sys.modules:
+        if ep.value != module and ep.value in set(sys.modules) - modules_before:
             for what, table in (registry.read_manifest(ep.value) or {}).get("registries", {}).items():
                 others.setdefault(what, set()).update(table)
     registries = {}
@@ -54,32 +57,35 @@ def derive_manifest(module: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("module", help="the plugin module (an entry point's value, e.g. patches.neuro)")
+    parser.add_argument("modules", nargs="+", metavar="MODULE",
+                        help="plugin module(s) (an entry point's value, e.g. patches.neuro)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="write the manifest next to the plugin")
-    mode.add_argument("--check", action="store_true", help="exit 2 unless the plugin's manifest is up to date")
+    mode.add_argument("--write", action="store_true", help="write each manifest next to its plugin")
+    mode.add_argument("--check", action="store_true", help="exit 2 unless every manifest is up to date")
     args = parser.parse_args(argv)
     from internvl.registry import manifest_path, read_manifest
 
-    path = manifest_path(args.module)
-    derived = derive_manifest(args.module)
-    text = json.dumps(derived, indent=1, ensure_ascii=False) + "\n"
-    if args.write:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        print(f"wrote {path}")
-    elif args.check:
-        current = read_manifest(args.module)
-        if current != derived:
-            print(f"error: {path}: the manifest of {args.module!r} does not match what importing it registers; "
-                  f"run python -m internvl.tools.plugin_manifest {args.module} --write", file=sys.stderr)
-            return 2
-        print(f"{path}: up to date")
-    else:
-        sys.stdout.write(text)
-    return 0
+    status = 0
+    for module in args.modules:
+        path = manifest_path(module)
+        derived = derive_manifest(module)
+        text = json.dumps(derived, indent=1, ensure_ascii=False) + "\n"
+        if args.write:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+            print(f"wrote {path}")
+        elif args.check:
+            if read_manifest(module) != derived:
+                print(f"error: {path}: the manifest of {module!r} does not match what importing it registers; "
+                      f"run python -m internvl.tools.plugin_manifest {module} --write", file=sys.stderr)
+                status = 2
+            else:
+                print(f"{path}: up to date")
+        else:
+            sys.stdout.write(text)
+    return status
 
 
 if __name__ == "__main__":
