@@ -111,13 +111,14 @@ def compare_parser() -> argparse.ArgumentParser:
 def compare_main(argv: list[str]) -> int:
     args = compare_parser().parse_args(argv)
     from internvl.evaluation.compare import compare_runs, format_table, write_html
-    from internvl.evaluation.runner import write_json_atomic
 
     result = compare_runs(args.runs, seed=args.seed)  # a CompareError is one error line (run_cli)
     for comp in result["comparisons"]:
         print(format_table(comp))
         print()
     if args.json:
+        from internvl.evaluation.runner import write_json_atomic  # imports the model side (torch): only here
+
         write_json_atomic(result, args.json)
     if not args.no_html:
         path = args.html or os.path.splitext(args.runs[-1])[0] + "_compare.html"
@@ -139,8 +140,7 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("internvl").setLevel(logging.INFO)
     import_from_args(args)
-    from internvl.evaluation import list_tasks
-    from internvl.evaluation.runner import evaluate, summary_rows
+    from internvl.evaluation import list_tasks  # light: the task registry, no torch
 
     if args.list_tasks:
         print("\n".join(list_tasks()))
@@ -159,6 +159,7 @@ def run(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.data):
         build_parser().error(f"--data {args.data}: file not found")
     from internvl.evaluation.report_metrics import ReportMetricOptions, parse_metric_names
+    from internvl.evaluation.runner import evaluate, summary_rows  # torch, transformers: only once args are valid
 
     try:
         names = parse_metric_names(args.metrics)

@@ -35,7 +35,7 @@ import torch
 from internvl.constants import IMAGE_PLACEHOLDER, RESERVED_IMAGE_TOKENS
 from internvl.errors import (BAD_ROW, INCOMPATIBLE_KIND, MISSING_FILE, PLACEHOLDER_MISMATCH, RESERVED_TOKEN,
                              UNREADABLE_MEDIA, DataError)
-from internvl.media import MEDIA_READERS, MediaError, reader_for_key, resolve_ref
+from internvl.media import MEDIA_READERS, MediaError, known_placeholders, reader_for_key, resolve_ref
 from internvl.media.base import BoxError
 from internvl.model.vision.base import encoder_class
 from internvl.prompt import ASSISTANT_ROLES, USER_ROLES, encode_generation_prompt, generation_prompt, preprocess
@@ -185,8 +185,7 @@ class RowProcessor:
                     out = [t.replace(ph, IMAGE_PLACEHOLDER) for t in out]
         found = sum(t.count(IMAGE_PLACEHOLDER) for t in out)
         if not kinds:
-            stray = sorted({ph for _, cls in MEDIA_READERS.items() for ph in (cls.placeholder, *cls.placeholder_aliases)
-                            if ph and any(ph in t for t in out)})
+            stray = sorted(ph for ph in known_placeholders() if any(ph in t for t in out))
             if stray:
                 raise DataError(where, PLACEHOLDER_MISMATCH, f"{stray} placeholder(s) but the row has no media")
             return out

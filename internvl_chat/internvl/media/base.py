@@ -43,7 +43,8 @@ import torch
 from internvl.errors import BOX_OUT_OF_VIEW, BOXES_UNSUPPORTED, MALFORMED_BOX, InputError
 from internvl.registry import Registry
 
-MEDIA_READERS = Registry("media kind")
+# what the core reads from a reader class without building it; plugin manifests record these (internvl.registry)
+MEDIA_READERS = Registry("media kind", facts=("option_names", "placeholder", "placeholder_aliases"))
 
 
 class MediaError(InputError):
@@ -146,5 +147,16 @@ def reader_for_key(key: str):
 
 
 def known_option_names() -> frozenset[str]:
-    """Every data option some registered reader reads (what a meta-JSON entry may set besides its own keys)."""
-    return frozenset(name for _, cls in MEDIA_READERS.items() for name in cls.option_names)
+    """Every data option some registered reader reads (what a meta-JSON entry may set besides its own keys).
+    Readers of plugins not imported yet count through their manifests (no plugin is imported for this)."""
+    return frozenset(name for names in MEDIA_READERS.facts("option_names").values() for name in names)
+
+
+def known_placeholders() -> frozenset[str]:
+    """Every placeholder some registered reader fills (``placeholder`` and ``placeholder_aliases``), without
+    importing plugins (see ``known_option_names``)."""
+    aliases = MEDIA_READERS.facts("placeholder_aliases")
+    found = set()
+    for kind, placeholder in MEDIA_READERS.facts("placeholder").items():
+        found.update(p for p in (placeholder, *aliases.get(kind, ())) if p)
+    return frozenset(found)
