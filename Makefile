@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed
+.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed demo-grounding
 
 venv: $(VENV)/.installed
 
@@ -36,3 +36,7 @@ demo-brainfound: venv
 # two vision towers in one model (image + volume), answers that need both
 demo-mixed: venv
 	PYTHON=$(PY) sh shell/neuro/demo_mixed.sh
+
+# "Where is the lesion?" answered with a 2D / 3D box: IoU before / after fine-tuning and of a fixed centre box
+demo-grounding: venv
+	PYTHON=$(PY) sh shell/demo/grounding/demo.sh
