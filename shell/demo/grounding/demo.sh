@@ -6,7 +6,10 @@
 # 1. pretrained/InternVL-tiny (python pretrained/build_tiny.py) if missing; data/demo_grounding
 #    (shell/demo/grounding/make_data.py: synthetic images and NIfTI volumes with one bright lesion each);
 # 2. python -m internvl.tools.compose_towers: the tiny model's image tower (InternViT, one 112 px tile) kept, a
-#    volume tower added (brain3d_vit_tiny + spatial_pool_mlp, untrained) -> $OUT/start, evaluated as is ("before");
+#    volume tower added (brain3d_vit_tiny, 8^3 patches -> 64 tokens, spatial_pool_mlp with pool 1 and a position
+#    code per token; untrained) -> $OUT/start, evaluated as is ("before"). The volumes are z-scored (NeuroVFM's MRI
+#    mean/std): on the plain [0, 1] scale the untrained patch embedding's content was ~10x weaker than its
+#    position embedding and the 3D answers stayed one constant box in our tries;
 # 3. shell/demo/grounding/finetune.sh on the 2D and 3D training rows (everything trains), evaluated ("after");
 # 4. the fixed centre-box baseline (report.py centre) scored with eval/custom_eval.py --predictions;
 # 5. one table (report.py table, also $OUT/table.md): mean IoU and acc@0.5 (2D), mean IoU, acc@0.25 and acc@0.5
@@ -33,7 +36,7 @@ timed() {  # timed LABEL COMMAND...: run COMMAND, append "LABEL seconds" to $TIM
 
 evaluate() {  # evaluate MODEL RESULTS.json
     "$PYTHON" eval/custom_eval.py --plugins patches.neuro --model "$1" --data "$DATA/test_meta.json" --out "$2" \
-        --batch-size 20 --max-new-tokens 32 --no-resume --no-progress
+        --batch-size 20 --max-new-tokens 40 --no-resume --no-progress
 }
 
 echo "== 1/5 tiny model and grounding data"
@@ -42,7 +45,7 @@ timed build_data "$PYTHON" shell/demo/grounding/make_data.py --out "$DATA"
 [ -f "$OUT/start/model.safetensors" ] || timed compose "$PYTHON" -m internvl.tools.compose_towers \
     pretrained/InternVL-tiny "$OUT/start" --plugins patches.neuro \
     --vision_model volume=brain3d_vit_tiny \
-    --vision_overrides 'volume={"preprocess": {"target_spacing": [1.5, 1.5, 1.5]}}' \
+    --vision_overrides 'volume={"preprocess": {"target_spacing": [1.5, 1.5, 1.5], "zscore": "neurovfm"}}' \
     --projector volume=spatial_pool_mlp --projector_config 'volume={"pool": 1, "pos_embed": true}'
 echo "== 2/5 evaluate before training"
 timed eval_before evaluate "$OUT/start" "$OUT/before.json"

@@ -26,12 +26,12 @@ internvl_finetune \
     --freeze_backbone False \
     --grad_checkpoint False \
     --max_seq_length 256 \
-    --num_train_epochs ${EPOCHS:-4} \
-    --learning_rate ${LR:-1e-3} \
+    --num_train_epochs 3 \
+    --learning_rate 2e-3 \
     --weight_decay 0.01 \
     --warmup_ratio 0.05 \
     --lr_scheduler_type cosine \
-    --logging_steps 10 \
+    --logging_steps 50 \
     --save_strategy steps \
     --save_steps 200 \
     --save_total_limit 1 \
