@@ -34,7 +34,7 @@ report = _load("report")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gd") / "demo_grounding"
-    make_data.build(str(out), seed=3, n_train_2d=8, n_train_3d=8, n_test=6)
+    make_data.build(str(out), seed=3, n_train_2d=6, n_train_3d=6, n_test=4)
     return out
 
 

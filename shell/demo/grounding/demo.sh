@@ -36,7 +36,7 @@ timed() {  # timed LABEL COMMAND...: run COMMAND, append "LABEL seconds" to $TIM
 
 evaluate() {  # evaluate MODEL RESULTS.json
     "$PYTHON" eval/custom_eval.py --plugins patches.neuro --model "$1" --data "$DATA/test_meta.json" --out "$2" \
-        --batch-size 20 --max-new-tokens 40 --no-resume --no-progress
+        --batch-size 100 --max-new-tokens 40 --no-resume --no-progress
 }
 
 echo "== 1/5 tiny model and grounding data"

@@ -27,7 +27,7 @@ internvl_finetune \
     --grad_checkpoint False \
     --max_seq_length 256 \
     --num_train_epochs 3 \
-    --learning_rate 2e-3 \
+    --learning_rate 1e-3 \
     --weight_decay 0.01 \
     --warmup_ratio 0.05 \
     --lr_scheduler_type cosine \

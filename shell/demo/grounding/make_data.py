@@ -30,7 +30,7 @@ Output (``--out``, default ``data/demo_grounding``; generated, git-ignored)::
     test_meta.json           {"grounding_2d": {..., "task": "grounding"}, "grounding_3d": {...}}
     build_info.json          every parameter that shaped the files; an identical build is kept
 
-    python shell/demo/grounding/make_data.py [--out data/demo_grounding] [--n-train-2d 1600] [--n-train-3d 1600]
+    python shell/demo/grounding/make_data.py [--out data/demo_grounding] [--n-train-2d 2000] [--n-train-3d 2000]
         [--n-test 100] [--seed 0] [--force]
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _entry(root: str, annotation: str, n: int, **extra) -> dict:
             "repeat_time": 1, "length": n, **extra}
 
 
-def build(out_dir: str = "data/demo_grounding", *, seed: int = 0, n_train_2d: int = 1600, n_train_3d: int = 1600,
+def build(out_dir: str = "data/demo_grounding", *, seed: int = 0, n_train_2d: int = 2000, n_train_3d: int = 2000,
           n_test: int = 100, force: bool = False) -> str:
     """Write the demo into ``out_dir`` (module docstring); an identical existing build is kept. Returns ``out_dir``."""
     from tqdm import tqdm
@@ -198,8 +198,8 @@ def build(out_dir: str = "data/demo_grounding", *, seed: int = 0, n_train_2d: in
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="data/demo_grounding")
-    p.add_argument("--n-train-2d", type=int, default=1600)
-    p.add_argument("--n-train-3d", type=int, default=1600)
+    p.add_argument("--n-train-2d", type=int, default=2000)
+    p.add_argument("--n-train-3d", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=100, help="test rows per kind (2D and 3D)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even when an identical build exists")

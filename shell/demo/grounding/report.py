@@ -38,12 +38,25 @@ COLUMNS = (("2d", "mean_iou", "2D mIoU"), ("2d", "acc_iou50", "2D acc@0.5"), ("2
 def _rows(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(path, "missing_file", "not found (build the data: shell/demo/grounding/make_data.py)")
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{number}", "bad_json", str(exc)) from None
+    return rows
 
 
 def _answer_box(row: dict, where: str) -> tuple[float, ...]:
-    groups = grounding.parse_grounded(row["conversations"][-1]["value"], where)
+    try:
+        answer = row["conversations"][-1]["value"]
+    except (KeyError, IndexError, TypeError):
+        raise DataError(where, "bad_row", "expected a row with conversations ending in the answer") from None
+    groups = grounding.parse_grounded(answer, where)
+    if len(groups) != 1 or len(groups[0].boxes) != 1:
+        raise DataError(where, "bad_row", "expected one <box> with one box in the answer")
     return groups[0].boxes[0]
 
 
@@ -63,8 +76,11 @@ def write_centre(data_dir: str, out: str) -> dict[str, tuple[int, ...]]:
         train = os.path.join(data_dir, f"train_{kind}.jsonl")
         boxes[kind] = centre_box(_rows(train), train)
         answer = grounding.format_grounded([boxes[kind]], "lesion")
-        lines += [json.dumps({"id": r["id"], "answer": answer}) for r in _rows(os.path.join(data_dir,
-                                                                                           f"test_{kind}.jsonl"))]
+        test = os.path.join(data_dir, f"test_{kind}.jsonl")
+        for number, row in enumerate(_rows(test), 1):
+            if not isinstance(row, dict) or row.get("id") is None:
+                raise DataError(f"{test}:{number}", "bad_row", "a test row needs an 'id'")
+            lines.append(json.dumps({"id": row["id"], "answer": answer}))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
