@@ -1,7 +1,7 @@
 #!/bin/sh
 # The grounding demo end to end (`make demo-grounding`): "Where is the lesion?" answered with a 2D or 3D box.
 #
-#   sh shell/demo/grounding/demo.sh     # ~10 min on 2 busy CPU cores; re-running reuses data, model and finetune
+#   sh shell/demo/grounding/demo.sh     # ~9 min on 2 shared CPU cores; re-running reuses data, model and finetune
 #
 # 1. pretrained/InternVL-tiny (python pretrained/build_tiny.py) if missing; data/demo_grounding
 #    (shell/demo/grounding/make_data.py: synthetic images and NIfTI volumes with one bright lesion each);

@@ -26,7 +26,7 @@ internvl_finetune \
     --freeze_backbone False \
     --grad_checkpoint False \
     --max_seq_length 256 \
-    --num_train_epochs 3 \
+    --num_train_epochs 6 \
     --learning_rate 1e-3 \
     --weight_decay 0.01 \
     --warmup_ratio 0.05 \
