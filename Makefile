@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed bench-train
+.PHONY: demo test venv demo-pathology demo-neuro demo-brainfound demo-mixed demo-grounding bench-train
 
 venv: $(VENV)/.installed
 
@@ -41,3 +41,7 @@ demo-mixed: venv
 bench-train: venv
 	test -f pretrained/InternVL-tiny/config.json || $(PY) pretrained/build_tiny.py
 	$(PY) -m internvl.tools.bench_train $(BENCH_ARGS)
+
+# "Where is the lesion?" answered with a 2D / 3D box: IoU before / after fine-tuning and of a fixed centre box
+demo-grounding: venv
+	PYTHON=$(PY) sh shell/demo/grounding/demo.sh
