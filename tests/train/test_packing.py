@@ -64,7 +64,7 @@ def _per_sample_losses(logits, labels, bounds):
     """Mean CE of each sample: ``bounds`` are (row, start, end) of each sample in the batch."""
     out = []
     for row, a, b in bounds:
-        ce = token_losses(logits[row:row + 1, a:b], labels[row:row + 1, a:b])[0]
+        ce = token_losses(logits[row:row + 1, a:b], labels[row:row + 1, a:b])[0, :-1]  # last: no next label
         mask = labels[row, a + 1:b] != -100
         out.append(float(ce[mask].sum() / mask.sum()))
     return out

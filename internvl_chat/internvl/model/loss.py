@@ -20,11 +20,18 @@ import torch.nn.functional as F
 from internvl.constants import IGNORE_INDEX
 
 
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``labels[:, t + 1]`` at position t, ``-100`` at the last position (the logits are used unshifted, so no copy
+    of them is made)."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position cross-entropy ``[B, T-1]`` of predicting ``labels[:, 1:]`` (0 where the label is ignored)."""
-    targets = labels[:, 1:].to(logits.device)
-    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    ce = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    """Per-position cross-entropy ``[B, T]`` of predicting the next label (0 where it is ignored, and at the last
+    position)."""
+    targets = shifted_targets(labels).to(logits.device)
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none")
     return ce.view(targets.shape)
 
 
@@ -37,7 +44,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss_weight: t
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(ce.device)
         return ce.sum() / num_items_in_batch
-    weight = loss_weight[:, 1:].to(ce.device, torch.float32)
+    weight = F.pad(loss_weight[:, 1:], (0, 1)).to(ce.device, torch.float32)
     denom = weight.sum()
     if all_gather and dist.is_available() and dist.is_initialized():
         denom = denom.detach().clone()
@@ -46,4 +53,4 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss_weight: t
     return (ce * weight).sum() / denom.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-__all__ = ["causal_lm_loss", "token_losses"]
+__all__ = ["causal_lm_loss", "shifted_targets", "token_losses"]
