@@ -103,6 +103,12 @@ def split_row(row: dict, where: str, require_reference: bool = True) -> tuple[st
     return turns[-1]["value"], history, reference, system
 
 
+def media_data_error(where: str, exc: MediaError) -> DataError:
+    """A reader's ``MediaError`` as the row's ``DataError`` (``missing_file`` when a file was absent)."""
+    reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
+    return DataError(where, reason, str(exc))
+
+
 class RowProcessor:
     """Turns rows into model inputs for one model config and tokenizer (see the module docstring).
 
@@ -154,26 +160,36 @@ class RowProcessor:
     def load_media(self, row: dict, where: str, *, root: str | None = None, dataset_options: dict | None = None,
                    is_train: bool = False) -> RowMedia:
         """Read every reference of the row (in prompt order) and count its context tokens."""
+        def read(reader, refs):
+            if reader.is_file:
+                for r in refs:
+                    if isinstance(r, str) and "://" not in r and not os.path.exists(r):
+                        raise DataError(where, MISSING_FILE, f"{r}: file not found")
+            return reader.load_many(refs, is_train=is_train)
+
         media = RowMedia()
+        for kind, _, items in self._per_reference(row, where, root, dataset_options, read):
+            media.kinds.append(kind)
+            media.items.append(items)
+            media.counts.append(sum(self.config.num_context_tokens(it, kind) for it in items))
+        return media
+
+    def _per_reference(self, row: dict, where: str, root: str | None, dataset_options: dict | None, read):
+        """``(kind, reference, result)`` for every media reference of the row in prompt order, where
+        ``read(reader, references)`` gives one non-empty list per reference of a key (references resolved against
+        ``root``); reader failures become ``DataError`` naming ``where``."""
         for kind, refs in self.media_keys(row, where):
             reader = self.reader(kind, dataset_options)
             if reader.is_file:
                 refs = [resolve_ref(r, root) for r in refs]
-                for r in refs:
-                    if isinstance(r, str) and "://" not in r and not os.path.exists(r):
-                        raise DataError(where, MISSING_FILE, f"{r}: file not found")
             try:
-                per_ref = reader.load_many(refs, is_train=is_train)
+                results = read(reader, refs)
             except MediaError as exc:
-                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
-                raise DataError(where, reason, str(exc)) from exc
-            for r, items in zip(refs, per_ref):
-                if not items:
-                    raise DataError(where, UNREADABLE_MEDIA, f"{r}: the {kind!r} reader returned no item")
-                media.kinds.append(kind)
-                media.items.append(items)
-                media.counts.append(sum(self.config.num_context_tokens(it, kind) for it in items))
-        return media
+                raise media_data_error(where, exc) from exc
+            for ref, got in zip(refs, results):
+                if not got:
+                    raise DataError(where, UNREADABLE_MEDIA, f"{ref}: the {kind!r} reader returned no item")
+                yield kind, ref, got
 
     def _normalise(self, texts: list[str], kinds: list[str], where: str) -> list[str]:
         """Readers' own placeholders -> ``<image>``; one reference without placeholder goes in front of text 0."""
@@ -219,8 +235,7 @@ class RowProcessor:
             except BoxError as exc:
                 raise DataError(where, exc.reason, str(exc)) from exc
             except MediaError as exc:
-                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
-                raise DataError(where, reason, str(exc)) from exc
+                raise media_data_error(where, exc) from exc
         used: set[str] = set()
 
         def fill(value):
@@ -259,22 +274,12 @@ class RowProcessor:
         self._check_conversations(row, where)
         row = self.place_boxes(row, where, root=root, dataset_options=dataset_options)
         kinds, counts, n_items = [], [], 0
-        for kind, refs in self.media_keys(row, where):
-            reader = self.reader(kind, dataset_options)
-            if reader.is_file:
-                refs = [resolve_ref(r, root) for r in refs]
-            try:
-                shapes = reader.item_shapes_many(refs)
-            except MediaError as exc:
-                reason = MISSING_FILE if isinstance(exc.__cause__, FileNotFoundError) else UNREADABLE_MEDIA
-                raise DataError(where, reason, str(exc)) from exc
-            for ref, per_ref in zip(refs, shapes):
-                if not per_ref:
-                    raise DataError(where, UNREADABLE_MEDIA, f"{ref}: the {kind!r} reader returned no item")
-                kinds.append(kind)
-                counts.append(sum(self.config.num_context_tokens(torch.empty(shape, device="meta"), kind)
-                                  for shape in per_ref))
-                n_items += len(per_ref)
+        for kind, _, shapes in self._per_reference(row, where, root, dataset_options,
+                                                   lambda reader, refs: reader.item_shapes_many(refs)):
+            kinds.append(kind)
+            counts.append(sum(self.config.num_context_tokens(torch.empty(shape, device="meta"), kind)
+                              for shape in shapes))
+            n_items += len(shapes)
         out = preprocess(self.template, self._training_turns(row, kinds, where), self.tokenizer, counts,
                          sample_ref=where, max_length=self.max_seq_length)
         return int(out["input_ids"].shape[0]), n_items
