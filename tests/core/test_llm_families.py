@@ -200,6 +200,32 @@ def test_release_llm_config_loads_and_round_trips(name, vision_state, tmp_path):
         assert tied or not torch.equal(head.weight, emb.weight)
 
 
+# ---------------------------------------------------------------------------------------------- training step
+@pytest.mark.parametrize("name", list(RELEASES))
+def test_training_step_loss_and_gradients_are_transformers(name, vision_state, tmp_path):
+    """A training step applies the head only at trained positions (no logits): its loss is transformers' own
+    causal-LM loss of the reference model, and so are the LLM's gradients (head and embeddings included)."""
+    release, rope, template = RELEASES[name]
+    ref = reference_llm(release, rope).train()
+    ours = load_release(tmp_path / "orig", vision_state, release, ref, template).train()
+    ours.img_context_token_id = 0  # not among the ids below: a text-only batch
+    ids = torch.randint(3, 300, (2, SHORT), generator=torch.Generator().manual_seed(5))
+    labels = ids.clone()
+    labels[:, :9] = -100  # the prompt
+    labels[1, 17:] = -100  # a shorter answer in the second row
+    out = ours(input_ids=ids, labels=labels)
+    assert out.logits is None
+    out.loss.backward()
+    expected = ref(input_ids=ids, labels=labels).loss
+    expected.backward()
+    assert abs(float(out.loss.detach()) - float(expected.detach())) <= 1e-5
+    ours_grads = {n: p.grad for n, p in ours.language_model.named_parameters()}
+    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+    assert set(ours_grads) == set(ref_grads)
+    for n, g in ref_grads.items():
+        torch.testing.assert_close(ours_grads[n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
 # ---------------------------------------------------------------------------------------------- long context
 def test_phi3_su_uses_long_factors_beyond_original_length(vision_state, tmp_path):
     """InternVL2-4B's ``su`` rope: short factors up to ``original_max_position_embeddings``, long ones beyond."""

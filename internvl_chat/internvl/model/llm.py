@@ -28,6 +28,16 @@ LLM_LORA_TARGETS = {
 }
 
 
+# Families whose causal-LM logits are exactly ``lm_head(final hidden state)`` (no soft-capping, scaling or auxiliary
+# loss in the head): a training step takes its loss from the hidden states at the trained positions only
+# (``internvl.model.loss``). Other families go through the LLM's full forward.
+LOGITS_ARE_LM_HEAD = frozenset({"qwen2", "qwen3", "llama", "phi3", "mistral"})
+
+
+def logits_are_lm_head(config: PretrainedConfig) -> bool:
+    return config.model_type in LOGITS_ARE_LM_HEAD
+
+
 def attn_implementation() -> str:
     """``flash_attention_2`` when flash-attn is installed and a GPU is present; SDPA otherwise (never forced)."""
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:

@@ -1,8 +1,14 @@
 """The causal-LM loss of ``InternVLChatModel.forward``, with InternVL's per-token loss weights.
 
 Targets are the labels shifted by one within each row (a packed row's samples start with a ``-100`` label, set by
-the collator, so no sample is trained to predict the next sample's first token). Cross-entropy in fp32.
+the collator, so no sample is trained to predict the next sample's first token). Only positions with a target enter
+the loss; cross-entropy in fp32.
 
+* From the final hidden states and the LM head (``lm_head=``, what a training step uses): the head is applied only
+  at the positions that have a target, so no logits are made for prompt, padding or image tokens (the full
+  ``[B, T, vocab]`` logits of a padded batch are most of a step's memory on a large vocabulary). Same loss and
+  gradients as from full logits.
+* From full logits (``lm_head=None``): the same reduction over the same positions.
 * No ``loss_weight`` (``--loss_reduction token``): the sum over trained tokens divided by ``num_items_in_batch``
   (the Trainer's count over all accumulated micro-batches and ranks) or, without it, by this batch's trained
   tokens: transformers' own reduction.
@@ -12,6 +18,8 @@ the collator, so no sample is trained to predict the next sample's first token).
   ``--loss_reduction_all_gather``), so every rank divides by the same number.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,22 +43,30 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ce.view(targets.shape)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss_weight: torch.Tensor | None = None,
-                   num_items_in_batch=None, all_gather: bool = False) -> torch.Tensor:
-    ce = token_losses(logits, labels)
+def causal_lm_loss(states: torch.Tensor, labels: torch.Tensor, *,
+                   lm_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   loss_weight: torch.Tensor | None = None, num_items_in_batch=None,
+                   all_gather: bool = False) -> torch.Tensor:
+    """The loss of ``states``: logits ``[B, T, V]``, or with ``lm_head`` the final hidden states ``[B, T, D]``
+    (the head then runs only where there is a target)."""
+    targets = shifted_targets(labels).to(states.device)
+    trained = targets != IGNORE_INDEX
+    rows = states[trained]
+    logits = (lm_head(rows) if lm_head is not None else rows).float()
     if loss_weight is None:
         if num_items_in_batch is None:
-            num_items_in_batch = (labels[:, 1:] != IGNORE_INDEX).sum()
+            num_items_in_batch = trained.sum()
         if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(ce.device)
-        return ce.sum() / num_items_in_batch
-    weight = F.pad(loss_weight[:, 1:], (0, 1)).to(ce.device, torch.float32)
-    denom = weight.sum()
+            num_items_in_batch = num_items_in_batch.to(logits.device)
+        return F.cross_entropy(logits, targets[trained], reduction="sum") / num_items_in_batch
+    ce = F.cross_entropy(logits, targets[trained], reduction="none")
+    weight = F.pad(loss_weight[:, 1:], (0, 1)).to(logits.device, torch.float32)
+    denom = weight.sum()  # 0 wherever nothing is trained, so the same as over the trained positions
     if all_gather and dist.is_available() and dist.is_initialized():
         denom = denom.detach().clone()
         dist.all_reduce(denom)
         denom = denom / dist.get_world_size()
-    return (ce * weight).sum() / denom.clamp_min(torch.finfo(torch.float32).tiny)
+    return (ce * weight[trained]).sum() / denom.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 __all__ = ["causal_lm_loss", "shifted_targets", "token_losses"]

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from internvl.constants import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN
 from internvl.model.internvl_chat.configuration_internvl_chat import InternVLChatConfig
-from internvl.model.llm import build_llm, llm_lora_targets
+from internvl.model.llm import build_llm, llm_lora_targets, logits_are_lm_head
 from internvl.model.loss import causal_lm_loss
 from internvl.model import varlen_attention  # noqa: F401  (registers the packed attention implementation)
 from internvl.model.projector import create_projector
@@ -200,20 +200,33 @@ class InternVLChatModel(PreTrainedModel):
         """InternVL's forward. Packed rows (``internvl.train.packing``) come with ``cu_seq_lens_q/k`` and
         ``max_length_q/k``: the LLM then gets no ``attention_mask`` and attends within each sample
         (``internvl.model.varlen_attention``). The loss is ``internvl.model.loss.causal_lm_loss`` (optional
-        per-token ``loss_weight``, InternVL's ``sample``/``square`` reductions)."""
+        per-token ``loss_weight``, InternVL's ``sample``/``square`` reductions).
+
+        A training step (training mode, gradients on, ``labels`` given, no hidden states or attentions asked for)
+        runs the LLM's decoder and applies its head only at the positions that have a target: ``logits`` is then
+        ``None`` (as Liger's fused linear cross-entropy), and the loss and gradients are those of the full
+        logits. Evaluation and generation get the full logits."""
         embeds = self._merge(input_ids, pixel_values, image_flags, item_kinds=item_kinds)
         lm_kwargs = {k: v for k, v in kwargs.items() if k == "logits_to_keep"}
         if cu_seq_lens_q is not None:
             attention_mask = None
             lm_kwargs.update(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
                              max_length_k=max_length_k)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, use_cache=use_cache,
-                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                  return_dict=True, **lm_kwargs)
+        loss_kwargs = dict(loss_weight=loss_weight, num_items_in_batch=num_items_in_batch,
+                           all_gather=loss_reduction_all_gather)
+        lm = self.language_model
+        if (labels is not None and self.training and torch.is_grad_enabled() and not output_hidden_states
+                and not output_attentions and past_key_values is None and logits_are_lm_head(lm.config)):
+            lm_kwargs.pop("logits_to_keep", None)
+            hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      use_cache=False, return_dict=True, **lm_kwargs).last_hidden_state
+            loss = causal_lm_loss(hidden, labels, lm_head=lm.get_output_embeddings(), **loss_kwargs)
+            return CausalLMOutputWithPast(loss=loss, logits=None)
+        out = lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                 past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+                 output_hidden_states=output_hidden_states, return_dict=True, **lm_kwargs)
         if labels is not None:
-            out.loss = causal_lm_loss(out.logits, labels, loss_weight=loss_weight,
-                                      num_items_in_batch=num_items_in_batch, all_gather=loss_reduction_all_gather)
+            out.loss = causal_lm_loss(out.logits, labels, **loss_kwargs)
         return out
 
     # ------------------------------------------------------------------ generation
