@@ -6,7 +6,9 @@ voxel order so reorientation is real work), then times, single-process:
 * ``raw``: ``read_volume`` + ``VolumePreprocessor.prepare`` (reorient, resample to ``--spacing``, percentile
   scaling, mask, crop/pad to ``--shape``) + the uint8 round trip, i.e. an uncached read;
 * ``cache_fill``: the same through an empty ``VolumeCache`` (adds hashing + the atomic write);
-* ``cached``: reads served from the warm cache (safetensors uint8 -> float32), plus ``finalize``.
+* ``cached``: reads served from the warm cache (safetensors uint8 -> float32), plus ``finalize``;
+* ``sizing``: ``VolumeReader.item_shapes_many`` (what packing plans with: the item shape from the NIfTI header and
+  the preprocessor's geometry, no voxel data), checked equal to the loaded shape.
 
 Each phase reports volumes per wall-clock second and per CPU second of the process (the latter is what to
 compare on a shared machine; torch may use more than one thread, so CPU time can exceed wall time).
@@ -40,6 +42,16 @@ def _time(fn, paths) -> tuple[float, float]:
     return len(paths) / (time.perf_counter() - t), len(paths) / (time.process_time() - c)
 
 
+def _reader(pre: VolumePreprocessor):
+    """A ``VolumeReader`` whose encoder config asks for exactly ``pre``'s preprocessing (one channel, MRI)."""
+    from types import SimpleNamespace
+
+    from patches.neuro.readers import VolumeReader
+
+    vision = SimpleNamespace(in_channels=1, preprocess=pre.config.params())
+    return VolumeReader(SimpleNamespace(vision_config=vision), {})
+
+
 def run(n: int = 8, size=(182, 218, 182), shape=(128, 128, 128), spacing: float = 1.5, workdir: str | None = None):
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         paths = []
@@ -52,12 +64,17 @@ def run(n: int = 8, size=(182, 218, 182), shape=(128, 128, 128), spacing: float 
         raw = _time(lambda p: pre.finalize(prepared_volume(p, pre).array), paths)
         fill = _time(lambda p: prepared_volume(p, pre, cache=cache), paths)
         cached = _time(lambda p: pre.finalize(prepared_volume(p, pre, cache=cache).array), paths * 5)
+        reader = _reader(pre)
+        sizing = _time(lambda p: reader.item_shapes_many([p]), paths * 5)
+        if reader.item_shapes_many(paths[:1]) != [[tuple(pre.finalize(prepared_volume(paths[0], pre).array).shape)]]:
+            raise AssertionError("item_shapes_many disagrees with the loaded shape")
         entry_mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache.root) for f in fs) / n / 2**20
     return {"n": n, "source_shape": list(size), "source_file_mb": round(file_mb, 2), "out_shape": list(shape),
             "spacing_mm": spacing, "cache_entry_mb": round(entry_mb, 2),
             "raw_volumes_per_s": round(raw[0], 2), "raw_volumes_per_cpu_s": round(raw[1], 2),
             "cache_fill_volumes_per_s": round(fill[0], 2), "cache_fill_volumes_per_cpu_s": round(fill[1], 2),
             "cached_volumes_per_s": round(cached[0], 1), "cached_volumes_per_cpu_s": round(cached[1], 1),
+            "sizing_volumes_per_s": round(sizing[0], 1), "sizing_volumes_per_cpu_s": round(sizing[1], 1),
             "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
 
 

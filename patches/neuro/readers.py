@@ -185,6 +185,57 @@ class VolumeReader(MediaReader):
                                                   for p in (0, big[d] - it.shape[d])]) for it in items]
         return torch.stack(items)
 
+    # --------------------------------------------------------------------------------------------- sizing
+    def item_shapes_many(self, refs: list[Any]) -> list[list[torch.Size]]:
+        """The shapes ``load(ref)`` gives (evaluation reads), from NIfTI headers: no voxel data is read, so planning
+        packs (``internvl.train.packing``) over a cohort does not decode every volume. The spatial grid is the
+        preprocessor's own geometry (``VolumePreprocessor.voxel_to_output``), the channels its
+        ``out_channels`` (+ the foreground mask), fMRI frames ``num_frames`` (or all). A reference a header cannot
+        settle is loaded instead, so it sizes exactly and fails with the reader's own error: DICOM series (their
+        geometry needs the whole series), a header of the wrong dimensionality, too few frames, a study whose
+        series cannot share one grid."""
+        return [self._shapes(ref) for ref in refs]
+
+    def _shapes(self, ref: Any) -> list[torch.Size]:
+        series, is_study = self._series(ref)
+        shapes: list[torch.Size] = []
+        for path, uid, cfg in series:
+            one = self._header_shapes(path, uid, cfg)
+            if one is None:
+                return [item.shape for item in self.load(ref)]
+            shapes += one
+        if not is_study or self.study_mode == "concat":
+            return shapes
+        if len(set(shapes)) > 1 and not self.append_mask:
+            return [item.shape for item in self.load(ref)]  # raises the reader's "shapes differ" error
+        return [torch.Size([len(shapes), *(max(dims) for dims in zip(*shapes))])]
+
+    def _header_shapes(self, path: str, uid: str | None, cfg: PreprocessConfig) -> list[torch.Size] | None:
+        """Shapes of the items one NIfTI file gives, or ``None`` when only a full read can tell."""
+        import nibabel as nib
+
+        if uid is not None or os.path.isdir(path) or not os.path.isfile(path) or path.lower().endswith(".dcm"):
+            return None
+        try:
+            img = nib.load(path)
+        except Exception:  # not swallowed: the full read below reports it as the reader's named error
+            return None
+        dims = [int(n) for n in img.shape]
+        while len(dims) > 3 and dims[-1] == 1:  # as the reader squeezes trailing singleton axes
+            dims.pop()
+        if len(dims) != self.ndim:
+            return None
+        pre = VolumePreprocessor(cfg)
+        _, grid = pre.voxel_to_output(np.asarray(img.affine, dtype=np.float64), dims[:3])
+        frames: list[int] = []
+        if self.ndim == 4:
+            if cfg.num_frames is not None and dims[3] < cfg.num_frames:
+                return None
+            frames = [cfg.num_frames if cfg.num_frames is not None else dims[3]]
+        channels = pre.out_channels + (1 if self.append_mask else 0)
+        n_items = len(cfg.window_names()) if _splits_windows(cfg) else 1
+        return [torch.Size([channels, *frames, *grid])] * n_items
+
     def map_boxes(self, ref: Any, boxes, space: str, *, is_train: bool = False) -> list[tuple[int, ...]]:
         """``voxel``/``world`` boxes of a one-file reference -> 0-1000 boxes of its prepared ``[D, H, W]`` grid
         through the preprocessor's own geometry (``patches.neuro.boxes``). Refused (``BoxesUnsupportedError``)

@@ -133,3 +133,61 @@ def test_config_merge_order(make_chat_config):
     assert got.target_spacing == (3.0, 3.0, 3.0) and got.zscore == "neurovfm" and got.orientation == "RPI"
     with pytest.raises(ValueError, match="declares no in_channels"):
         VolumeReader(make_chat_config(type("C", (), {"encoder_name": "intern_vit"})()), {})
+
+
+
+# ---------------------------------------------------------------------------------------------- sizing from headers
+def test_item_shapes_from_headers_equal_the_loaded_shapes(vols, tmp_path, nib_data, make_chat_config, monkeypatch):
+    """``item_shapes_many`` (what packing plans with) gives the shapes ``load`` gives, and for NIfTI files reads no
+    voxel data; DICOM series are read in full; a file the reader refuses is refused by sizing too."""
+    from patches.neuro import readers
+    from patches.neuro.synthetic import phantom, save_nifti
+
+    psr = save_nifti(phantom((36, 40, 32), seed=3), str(tmp_path / "psr.nii.gz"), spacing=(1.1, 0.9, 1.7),
+                     axcodes="PSR")
+    ct = save_nifti(np.rint(phantom((30, 34, 14), modality="ct", seed=4)), str(tmp_path / "ct.nii.gz"),
+                    spacing=(0.8, 0.8, 3.0), axcodes="LPS")
+    fixed = make_chat_config(create_vision_model("brain3d_vit_tiny",
+                                                 preprocess={"target_spacing": [1.5, 1.5, 1.5]}).config)
+    grid = make_chat_config(create_vision_model("brain3d_vit_tiny", study_pooling="grid").config)
+    ct_stack = make_chat_config(create_vision_model("brain3d_vit_tiny", in_channels=3,
+                                                    preprocess={"modality": "ct"}).config)
+    ct_series = make_chat_config(create_vision_model("brain3d_vit_tiny", study_pooling="bag", mil_heads=2,
+                                                     preprocess={"modality": "ct", "window_mode": "series"}).config)
+    vfm = make_chat_config(create_vision_model("neurovfm_tokens_tiny", study_pooling="bag",
+                                               preprocess={"target_spacing": [2.0, 1.0, 1.0]}).config,
+                           "volume_perceiver", {"num_queries": 4, "num_heads": 4})
+    fmri = make_chat_config(create_vision_model("brain3d_vit_4d_tiny", volume_shape=(8, 24, 16), patch_size=(4, 8, 8),
+                                                preprocess={"target_spacing": [8.0, 4.0, 4.0]}).config)
+    study = [vols["t1"], vols["t2"], psr]
+    cases = [  # (reader, ref, sized from headers alone)
+        (VolumeReader(fixed, {}), vols["t1"], True),
+        (VolumeReader(fixed, {}), psr, True),
+        (VolumeReader(vfm, {}), psr, True),  # variable grid + foreground-mask channel
+        (VolumeReader(vfm, {}), {"path": ct, "modality": "ct", "window_mode": "sample"}, True),
+        (VolumeReader(vfm, {}), [vols["t1"], psr], True),  # ragged study, padded to one grid
+        (VolumeReader(grid, {}), [vols["t1"], vols["t2"], vols["flair"]], True),
+        (VolumeReader(grid, {"study_mode": "concat"}), {"paths": study}, True),
+        (VolumeReader(ct_stack, {}), ct, True),
+        (VolumeReader(ct_series, {}), ct, True),  # windows as the series of a study
+        (VolumeReader(ct_series, {"study_mode": "concat"}), ct, True),
+        (FmriReader(fmri, {}), str(nib_data / "functional.nii"), True),
+        (VolumeReader(ct_stack, {}), vols["ct_dicom"], False),  # DICOM: the whole series is read
+        (VolumeReader(vfm, {}), [vols["t1"], {"path": vols["ct_dicom"], "modality": "ct", "window_mode": "sample"}],
+         False),
+    ]
+    for reader, ref, from_headers in cases:
+        loaded = [[item.shape for item in reader.load(ref)]]
+        if from_headers:
+            with monkeypatch.context() as m:
+                m.setattr(readers, "prepared_volume", lambda *a, **k: pytest.fail(f"{ref}: voxel data read"))
+                assert reader.item_shapes_many([ref]) == loaded, ref
+        else:
+            assert reader.item_shapes_many([ref]) == loaded, ref
+    with pytest.raises(MediaError, match="anatomical.nii.*3D volume where a 4D"):
+        FmriReader(fmri, {}).item_shapes_many([str(nib_data / "anatomical.nii")])
+    native = VolumeReader(grid, {"volume_preprocess": {"volume_shape": None}})  # each series keeps its own grid
+    with pytest.raises(MediaError, match="series shapes differ"):
+        native.load([vols["t1"], psr])
+    with pytest.raises(MediaError, match="series shapes differ"):
+        native.item_shapes_many([[vols["t1"], psr]])

@@ -269,8 +269,8 @@ class RowProcessor:
     def sample_size(self, row: dict, where: str, *, root: str | None = None,
                     dataset_options: dict | None = None) -> tuple[int, int]:
         """``(tokens, items)`` of the training sample of ``row``, exactly as ``training_sample`` would build it,
-        with item shapes from the readers' ``item_shapes_many`` (image headers; no pixels decoded) -- what packing
-        plans with."""
+        with item shapes from the readers' ``item_shapes_many`` (from file headers where a reader can: no pixels
+        decoded) -- what packing plans with."""
         self._check_conversations(row, where)
         row = self.place_boxes(row, where, root=root, dataset_options=dataset_options)
         kinds, counts, n_items = [], [], 0

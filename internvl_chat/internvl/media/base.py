@@ -24,7 +24,8 @@ Contract (``MediaReader``):
 * ``max_items()``: the most items one reference can yield (default 1; images: the tile budget).
 * ``item_shapes_many(refs) -> list[list[torch.Size]]``: the shape of every item ``load_many(refs)`` would give,
   for planning packed batches before any media is loaded. Default: load and look (exact, pays a read); a reader
-  that can tell from a header overrides it (images: the size decides the tile grid).
+  that can tell from a header overrides it (images: the size decides the tile grid; a volume reader: the file
+  header and its preprocessing geometry).
 * ``check(ref)``: a cheap validation for ``check_data`` (default: the file exists).
 * ``map_boxes(ref, boxes, space, *, is_train=False) -> list of 0-1000 boxes``: a row's boxes in the source
   coordinates ``space`` of ``ref`` (``internvl.grounding``: ``pixel``, ``voxel``, ``world``) placed in the frame of
