@@ -192,8 +192,10 @@ class VolumeReader(MediaReader):
         preprocessor's own geometry (``VolumePreprocessor.voxel_to_output``), the channels its
         ``out_channels`` (+ the foreground mask), fMRI frames ``num_frames`` (or all). A reference a header cannot
         settle is loaded instead, so it sizes exactly and fails with the reader's own error: DICOM series (their
-        geometry needs the whole series), a header of the wrong dimensionality, too few frames, a study whose
-        series cannot share one grid."""
+        geometry needs the whole series), anything the reader refuses from a header (wrong dimensionality, a
+        spatial axis under 2 voxels, no orientation codes, a degenerate affine, channels the encoder does not
+        read), too few frames, a study whose series cannot share one grid. Voxel-level problems (NaN, a blank
+        image, truncated data) surface when the sample is built, as for images."""
         return [self._shapes(ref) for ref in refs]
 
     def _shapes(self, ref: Any) -> list[torch.Size]:
@@ -216,17 +218,23 @@ class VolumeReader(MediaReader):
 
         if uid is not None or os.path.isdir(path) or not os.path.isfile(path) or path.lower().endswith(".dcm"):
             return None
+        pre = VolumePreprocessor(cfg)
+        if pre.out_channels != self.in_channels:
+            return None
         try:
             img = nib.load(path)
+            codes = [int(img.header[k]) for k in ("sform_code", "qform_code") if k in img.header]
         except Exception:  # not swallowed: the full read below reports it as the reader's named error
             return None
         dims = [int(n) for n in img.shape]
         while len(dims) > 3 and dims[-1] == 1:  # as the reader squeezes trailing singleton axes
             dims.pop()
-        if len(dims) != self.ndim:
-            return None
-        pre = VolumePreprocessor(cfg)
-        _, grid = pre.voxel_to_output(np.asarray(img.affine, dtype=np.float64), dims[:3])
+        affine = np.asarray(img.affine, dtype=np.float64)
+        lin = affine[:3, :3]
+        if (len(dims) != self.ndim or min(dims[:3]) < 2 or (codes and not any(codes))
+                or not np.all(np.isfinite(affine)) or abs(np.linalg.det(lin)) < 1e-9):
+            return None  # what the reader refuses from the header alone (dimensions, orientation, affine)
+        _, grid = pre.voxel_to_output(affine, dims[:3])
         frames: list[int] = []
         if self.ndim == 4:
             if cfg.num_frames is not None and dims[3] < cfg.num_frames:

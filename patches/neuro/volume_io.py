@@ -148,6 +148,7 @@ def _read_nifti(path: str) -> Volume:
         meta["time_unit"] = unit
     spacing = tuple(float(s) for s in np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)))
     vol = Volume(data, np.asarray(img.affine, dtype=np.float64), spacing, meta)
+    _check_affine(path, vol.affine)  # before axcodes: a degenerate affine has none
     vol.meta["axcodes"] = "".join(vol.axcodes) if data.ndim >= 3 else None
     return vol
 

@@ -186,6 +186,30 @@ def test_item_shapes_from_headers_equal_the_loaded_shapes(vols, tmp_path, nib_da
             assert reader.item_shapes_many([ref]) == loaded, ref
     with pytest.raises(MediaError, match="anatomical.nii.*3D volume where a 4D"):
         FmriReader(fmri, {}).item_shapes_many([str(nib_data / "anatomical.nii")])
+    # what the reader refuses from a header is refused by sizing too (the full read names it), not planned
+    import nibabel as nib
+
+    flat = save_nifti(phantom((30, 34, 1), seed=5), str(tmp_path / "flat.nii.gz"))
+    no_codes = nib.load(vols["t2"])
+    no_codes = nib.Nifti1Image(np.asarray(no_codes.dataobj), no_codes.affine, no_codes.header.copy())
+    no_codes.set_sform(None, code=0)
+    no_codes.set_qform(None, code=0)
+    nib.save(no_codes, str(tmp_path / "no_codes.nii.gz"))
+    squashed = nib.Nifti1Image(phantom((30, 34, 20), seed=6).astype(np.float32), None)
+    squashed.set_qform(None, code=0)
+    squashed.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)  # every slice mapped onto one plane
+    nib.save(squashed, str(tmp_path / "squashed.nii.gz"))
+    assert abs(np.linalg.det(nib.load(str(tmp_path / "squashed.nii.gz")).affine[:3, :3])) < 1e-9
+    refused = [(VolumeReader(fixed, {}), flat, "2D"), (VolumeReader(fixed, {}), str(tmp_path / "no_codes.nii.gz"),
+                                                       "sform_code and qform_code are both 0"),
+               (VolumeReader(fixed, {}), str(tmp_path / "squashed.nii.gz"), "degenerate voxel-to-world affine"),
+               (VolumeReader(fixed, {}), {"path": ct, "modality": "ct"}, "gives 3 channel"),
+               (VolumeReader(vfm, {}), [vols["t1"], {"path": ct, "modality": "ct"}], "gives 3 channel")]
+    for reader, ref, message in refused:
+        with pytest.raises(MediaError, match=message):
+            reader.load(ref)
+        with pytest.raises(MediaError, match=message):
+            reader.item_shapes_many([ref])
     native = VolumeReader(grid, {"volume_preprocess": {"volume_shape": None}})  # each series keeps its own grid
     with pytest.raises(MediaError, match="series shapes differ"):
         native.load([vols["t1"], psr])

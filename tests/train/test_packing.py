@@ -16,6 +16,7 @@ import torch
 from internvl.constants import IMG_CONTEXT_TOKEN
 from internvl.data.collate import DataCollator, token_weight
 from internvl.data.meta import load_meta
+from internvl.errors import DataError
 from internvl.model.internvl_chat import InternVLChatModel
 from internvl.model.loss import token_losses
 from internvl.model.checkpoint import read_tokenizer
@@ -175,6 +176,52 @@ def test_packs_never_split_an_image_token_run(tiny, mixed_dataset):
             assert start == len(ids)
             n_items = sum(packed.sizes[i][1] for i in packed.packs[p])
             assert len(pack["pixel_values"]) == n_items
+
+
+def test_a_sample_over_the_budget_is_named_or_a_counted_skip(tiny, text_image_meta):
+    model, tokenizer = tiny
+    spec = load_meta(str(text_image_meta))[0]
+    sizes = {line: SupervisedDataset(spec, tokenizer, model.config).sample_size(line)[0] for line in range(8)}
+    budget = sorted(sizes.values())[-1] - 1  # the longest of the first rows does not fit
+    strict = SupervisedDataset(spec, tokenizer, model.config)
+    with pytest.raises(DataError) as err:
+        PackedDataset(TrainDataset(ConcatDataset([strict])), max_packed_tokens=budget, num_images_expected=30)
+    assert err.value.reason == "too_long" and "mixed.jsonl:" in str(err.value)
+    assert "does not fit a pack" in str(err.value)
+    lenient = SupervisedDataset(spec, tokenizer, model.config, skip_bad_samples=0.5)
+    packed = PackedDataset(TrainDataset(ConcatDataset([lenient])), max_packed_tokens=budget, num_images_expected=30)
+    too_long = [i for i in range(len(lenient)) if lenient.sample_size(lenient.line_index[i])[0] > budget]
+    assert too_long and lenient.bad_count == len(too_long)
+    assert sorted(i for p in packed.packs for i in p) == sorted(set(range(len(lenient))) - set(too_long))
+
+
+def test_a_pack_left_with_no_sample_is_replaced_by_the_next(tiny, text_image_meta, monkeypatch, caplog):
+    """Under ``--skip_bad_samples`` a pack whose every sample fails to build is not a crash: the next pack is read
+    (logged), and every failure is counted, as an unpacked dataset moves on to the next line."""
+    model, tokenizer = tiny
+    spec = load_meta(str(text_image_meta))[0]
+    ds = SupervisedDataset(spec, tokenizer, model.config, skip_bad_samples=0.5)
+    budget = max(ds.sample_size(line)[0] for line in set(ds.line_index))  # every sample fits
+    packed = PackedDataset(TrainDataset(ConcatDataset([ds])), max_packed_tokens=budget, num_images_expected=30)
+    broken = {ds.line_index[i] for i in packed.packs[0]}
+    build = ds.sample_at_line
+
+    def failing(line):
+        if line in broken:
+            raise DataError(f"mixed.jsonl:{line + 1}", "unreadable_media", "pixels cannot be decoded")
+        return build(line)
+
+    monkeypatch.setattr(ds, "sample_at_line", failing)
+    with caplog.at_level("WARNING"):
+        pack = packed[0]
+    assert pack["seq_lens"] == [packed.sizes[i][0] for i in packed.packs[1]]
+    assert ds.bad_count == len(broken) and "reading pack 1 instead" in caplog.text
+    strict = SupervisedDataset(spec, tokenizer, model.config)
+    packed_strict = PackedDataset(TrainDataset(ConcatDataset([strict])), max_packed_tokens=budget,
+                                  num_images_expected=30)
+    monkeypatch.setattr(strict, "sample_at_line", failing)
+    with pytest.raises(DataError, match="pixels cannot be decoded"):
+        packed_strict[0]
 
 
 # ------------------------------------------------------------------------------------------- launcher runs

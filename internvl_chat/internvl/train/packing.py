@@ -21,7 +21,8 @@ Rules:
   ``--skip_bad_samples``, a counted skip under that dataset's budget, like any other bad sample. So is a row that
   cannot be parsed or whose media cannot be sized while planning.
 * A sample that fails to build when its pack is read (unreadable pixels) raises, or under ``--skip_bad_samples`` is
-  left out of its pack (counted): packs only ever shrink, never exceed the budget.
+  left out of its pack (counted): packs only ever shrink, never exceed the budget. A pack left with no sample is
+  replaced by the next pack (logged), as an unpacked dataset moves on to the next line.
 * ``--max_buffer_size`` (InternVL: how many partial buffers its greedy packer keeps) is accepted for launch-script
   compatibility; the planner sees the whole dataset at once, so it has no effect here.
 * ``--loss_reduction``: ``token`` (every trained token weighs the same), ``sample`` (each sample's tokens weigh
@@ -115,18 +116,22 @@ class PackedDataset(Dataset):
         return len(self.packs)
 
     def __getitem__(self, p: int) -> dict[str, Any]:
-        samples = []
-        for i in self.packs[p]:
-            ds, line = self.train_dataset.locate(i)
-            try:
-                samples.append(ds.sample_at_line(line))
-            except DataError as err:
-                if not ds.skip_fraction:
-                    raise
-                ds.record_bad(line, err)
-        if not samples:
-            raise DataError(f"pack {p}", TOO_LONG, "every sample of this pack was skipped")
-        return merge_samples(samples)
+        for step in range(len(self.packs)):  # a pack whose every sample was skipped: the next pack, as unpacked
+            q = (p + step) % len(self.packs)  # data moves on to the next line
+            samples = []
+            for i in self.packs[q]:
+                ds, line = self.train_dataset.locate(i)
+                try:
+                    samples.append(ds.sample_at_line(line))
+                except DataError as err:
+                    if not ds.skip_fraction:
+                        raise
+                    ds.record_bad(line, err)
+            if samples:
+                return merge_samples(samples)
+            logger.warning("pack %d: every sample was skipped (counted above); reading pack %d instead", q,
+                           (q + 1) % len(self.packs))
+        raise DataError("packed dataset", TOO_LONG, "every sample of every pack was skipped")
 
     def estimated_lengths(self) -> list[int]:
         return [sum(self.sizes[i][0] for i in pack) for pack in self.packs]
