@@ -103,6 +103,14 @@ class PreprocessConfig:
             set_("zscore", tuple(_tuple(p, 2) for p in self.zscore))
         elif self.zscore not in (None, "neurovfm"):
             raise ValueError(f"zscore must be None, 'neurovfm' or [[mean, std], ...], got {self.zscore!r}")
+        # checked here, not at the first read: a config that cannot normalise fails before training, by name
+        names = self.window_names() if self.modality == "ct" else ["mri"]
+        if self.zscore == "neurovfm" and set(names) - set(NEUROVFM_ZSCORE):
+            raise ValueError(f"no NeuroVFM z-score statistics for window(s) {sorted(set(names) - set(NEUROVFM_ZSCORE))}"
+                             f"; give zscore=[[mean, std], ...]")
+        per_read = 1 if self.modality == "ct" and self.window_mode == "sample" else len(names)
+        if isinstance(self.zscore, tuple) and len(self.zscore) != per_read:
+            raise ValueError(f"zscore gives {len(self.zscore)} mean/std pairs for {per_read} channel(s) {names}")
         if len(self.orientation) != 3 or set(self.orientation.upper()) - set("RLAPSI"):
             raise ValueError(f"orientation must be 3 axcodes like 'RAS' or 'RPI', got {self.orientation!r}")
         set_("orientation", self.orientation.upper())

@@ -125,3 +125,10 @@ def test_config_validation():
         PreprocessConfig(ct_windows=("stroke",))
     assert PreprocessConfig(ct_windows=([-100, 300],)).window_names() == ["-100..300"]
     assert dataclasses.asdict(PreprocessConfig(modality="T1"))["modality"] == "mri"
+    # z-scores that cannot apply fail when the config is made, not at the first read of a training run
+    with pytest.raises(ValueError, match=r"no NeuroVFM z-score statistics for window\(s\) \['-100..300'\]"):
+        PreprocessConfig(modality="ct", ct_windows=("brain", [-100, 300]), zscore="neurovfm")
+    with pytest.raises(ValueError, match=r"zscore gives 2 mean/std pairs for 3 channel\(s\)"):
+        PreprocessConfig(modality="ct", zscore=[[0.4, 0.4], [0.3, 0.3]])
+    assert PreprocessConfig(modality="ct", window_mode="sample", zscore=[[0.4, 0.4]]).zscore == ((0.4, 0.4),)
+    assert PreprocessConfig(zscore="neurovfm").zscore == "neurovfm"  # MRI has its statistics
