@@ -195,6 +195,48 @@ def test_a_sample_over_the_budget_is_named_or_a_counted_skip(tiny, text_image_me
     assert sorted(i for p in packed.packs for i in p) == sorted(set(range(len(lenient))) - set(too_long))
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_sizing_split_over_ranks_plans_what_one_process_plans(tiny, text_image_meta):
+    """Under torch.distributed each rank sizes every world-th sample and the sizes are gathered: every rank then
+    plans the packs, counts the skips and raises the first error exactly as one process sizing everything."""
+    model, tokenizer = tiny
+    spec = load_meta(str(text_image_meta))[0]
+
+    def fresh(skip):
+        ds = SupervisedDataset(spec, tokenizer, model.config, skip_bad_samples=skip)
+        return ds, TrainDataset(ConcatDataset([ds]))
+
+    probe, _ = fresh(None)
+    budget = sorted(probe.sample_size(line)[0] for line in set(probe.line_index))[-5] - 1  # a few do not fit
+    one, train = fresh(0.5)
+    single = PackedDataset(train, max_packed_tokens=budget, num_images_expected=30)
+    assert one.bad_count >= 4
+    halves = {}
+    for rank in (0, 1):
+        def capture(mine, rank=rank):
+            halves[rank] = mine
+            raise _Stop
+        with pytest.raises(_Stop):
+            PackedDataset(fresh(0.5)[1], max_packed_tokens=budget, num_images_expected=30, shard=(rank, 2),
+                          gather=capture)
+    assert set(halves[0]) == set(range(0, len(one), 2)) and set(halves[1]) == set(range(1, len(one), 2))
+    for rank in (0, 1):
+        ds, train = fresh(0.5)
+        packed = PackedDataset(train, max_packed_tokens=budget, num_images_expected=30, shard=(rank, 2),
+                               gather=lambda mine: [halves[0], halves[1]])
+        assert packed.packs == single.packs and packed.sizes == single.sizes and ds.bad_count == one.bad_count
+    with pytest.raises(DataError) as expected:
+        PackedDataset(fresh(None)[1], max_packed_tokens=budget, num_images_expected=30)
+    for rank in (0, 1):
+        with pytest.raises(DataError) as got:
+            PackedDataset(fresh(None)[1], max_packed_tokens=budget, num_images_expected=30, shard=(rank, 2),
+                          gather=lambda mine: [halves[0], halves[1]])
+        assert str(got.value) == str(expected.value) and got.value.reason == "too_long"
+
+
 def test_a_pack_left_with_no_sample_is_replaced_by_the_next(tiny, text_image_meta, monkeypatch, caplog):
     """Under ``--skip_bad_samples`` a pack whose every sample fails to build is not a crash: the next pack is read
     (logged), and every failure is counted, as an unpacked dataset moves on to the next line."""
@@ -260,6 +302,7 @@ def test_zero3_with_packing_on_two_cpu_processes(tiny_model_dir, small_demo, tmp
                         OUTPUT_DIR=str(out))
     log = proc.stdout + proc.stderr
     assert "process 0/2" in log and "process 1/2" in log and "LLM attention internvl_varlen" in log
+    assert "sized by 2 process(es)" in log  # each rank sized half the samples; every rank planned all packs
     assert sorted(logged_losses(out)) == [1, 2, 3]
     assert (out / "training_finished.json").exists()
 

@@ -8,7 +8,9 @@ each item's ``<IMG_CONTEXT>`` count, item shapes from the readers' ``item_shapes
 once per run and seed with best-fit decreasing (``plan_packs``). ``PackedDataset`` is then an ordinary map-style
 dataset of packs: it has a length, the Trainer's sampler shuffles the packs each epoch, and a resumed run skips
 exactly the batches it had seen. Every rank plans the same packs (the plan depends only on the data, the tokenizer,
-the config and the seed).
+the config and the seed). Sizing is the cost (tokenising every row: about 0.8 ms a row on one CPU core), so under
+``torch.distributed`` each rank sizes every world-th sample and the sizes (or the errors) are all-gathered; every
+rank then raises, counts skips and plans from the same full list, as one process would.
 
 Rules:
 
@@ -75,41 +77,56 @@ def plan_packs(sizes: list[tuple[int, int]], max_tokens: int, max_items: int) ->
 class PackedDataset(Dataset):
     """Packs of ``TrainDataset`` samples (module docstring). ``self.packs[p]`` lists the sample indices of pack p."""
 
-    def __init__(self, train_dataset, *, max_packed_tokens: int, num_images_expected: int):
+    def __init__(self, train_dataset, *, max_packed_tokens: int, num_images_expected: int,
+                 shard: tuple[int, int] | None = None, gather=None):
+        """``shard`` = ``(rank, world)`` and ``gather`` (a list of every rank's result from this rank's) default to
+        ``torch.distributed`` when it is initialised: each rank sizes every ``world``-th sample, the sizes are
+        gathered, and every rank plans from the same full list."""
         if max_packed_tokens <= 0 or num_images_expected < 0:
             raise ValueError("max_packed_tokens must be > 0 and num_images_expected >= 0")
         self.train_dataset = train_dataset
         self.max_packed_tokens = max_packed_tokens
         self.num_images_expected = num_images_expected
+        rank, world = shard or _rank_and_world()
+        gather = gather or _all_gather
+        n = len(train_dataset)
+        mine = {i: self._size(i) for i in tqdm(range(rank, n, world), desc="planning packs", leave=False,
+                                               disable=rank != 0)}
+        every = {}
+        for part in (gather(mine) if world > 1 else [mine]):
+            every.update(part)
         sizes, kept = [], []
-        for i in tqdm(range(len(train_dataset)), desc="planning packs", leave=False):
-            size = self._size(i)
-            if size is not None:
-                sizes.append(size)
-                kept.append(i)
+        for i in range(n):  # in sample order on every rank: the same errors, skips (counted once) and plan
+            size = every[i]
+            if isinstance(size, DataError):
+                ds, line = train_dataset.locate(i)
+                if not ds.skip_fraction:
+                    raise size
+                ds.record_bad(line, size)
+                continue
+            sizes.append(size)
+            kept.append(i)
         if not kept:
             raise DataError("packed dataset", TOO_LONG, "no sample fits a pack")
         self.sizes = dict(zip(kept, sizes))
         self.packs = [[kept[j] for j in pack] for pack in plan_packs(sizes, max_packed_tokens, num_images_expected)]
         tokens = sum(t for t, _ in sizes)
-        logger.info("packed %d samples (%d tokens) into %d packs of <= %d tokens / %d items: %.1f%% of the pack "
-                    "budget filled", len(kept), tokens, len(self.packs), max_packed_tokens, num_images_expected,
-                    100.0 * tokens / (len(self.packs) * max_packed_tokens))
+        logger.info("packed %d samples (%d tokens, sized by %d process(es)) into %d packs of <= %d tokens / %d items: "
+                    "%.1f%% of the pack budget filled", len(kept), tokens, world, len(self.packs), max_packed_tokens,
+                    num_images_expected, 100.0 * tokens / (len(self.packs) * max_packed_tokens))
 
-    def _size(self, i: int) -> tuple[int, int] | None:
+    def _size(self, i: int) -> tuple[int, int] | DataError:
+        """Sample ``i``'s ``(tokens, items)``, or the ``DataError`` it is (raised or counted by the caller)."""
         ds, line = self.train_dataset.locate(i)
         try:
             tokens, items = ds.sample_size(line)
-            if tokens > self.max_packed_tokens or items > self.num_images_expected:
-                raise DataError(ds.sample_ref_of_line(line), TOO_LONG,
-                                f"sample of {tokens} tokens and {items} vision items does not fit a pack of "
-                                f"--max_packed_tokens {self.max_packed_tokens} / --num_images_expected "
-                                f"{self.num_images_expected}")
         except DataError as err:
-            if not ds.skip_fraction:
-                raise
-            ds.record_bad(line, err)
-            return None
+            return _portable(err)
+        if tokens > self.max_packed_tokens or items > self.num_images_expected:
+            return DataError(ds.sample_ref_of_line(line), TOO_LONG,
+                             f"sample of {tokens} tokens and {items} vision items does not fit a pack of "
+                             f"--max_packed_tokens {self.max_packed_tokens} / --num_images_expected "
+                             f"{self.num_images_expected}")
         return tokens, items
 
     def __len__(self) -> int:
@@ -135,6 +152,28 @@ class PackedDataset(Dataset):
 
     def estimated_lengths(self) -> list[int]:
         return [sum(self.sizes[i][0] for i in pack) for pack in self.packs]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(obj) -> list:
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _portable(err: DataError) -> DataError:
+    """The same error as a plain ``DataError`` (any subclass's extra state dropped), so it pickles across ranks with
+    its reference, reason and message."""
+    return DataError(err.sample_ref, err.reason, err.message)
 
 
 def merge_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
