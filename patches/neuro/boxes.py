@@ -29,7 +29,7 @@ import numpy as np
 from internvl.grounding import check_in_view, normalize_edges
 from internvl.media.base import BoxesUnsupportedError
 from patches.neuro.preprocess import VolumePreprocessor
-from patches.neuro.volume_io import CorruptVolumeError, read_volume
+from patches.neuro.volume_io import read_nifti_geometry, read_volume
 
 
 def source_geometry(path: str, series_uid: str | None = None, ndim: int = 3) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -37,13 +37,8 @@ def source_geometry(path: str, series_uid: str | None = None, ndim: int = 3) -> 
     if os.path.isdir(path) or series_uid is not None:
         vol = read_volume(path, ndim=ndim, series_uid=series_uid)
         return vol.affine, tuple(vol.array.shape[:3])
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises ImageFileError/OSError/...: all mean "unreadable"
-        raise CorruptVolumeError(f"{path}: cannot open as NIfTI/neuro-image ({type(exc).__name__}: {exc})") from exc
-    if len(img.shape) < 3:
-        raise CorruptVolumeError(f"{path}: {len(img.shape)}D image; boxes need a volume")
-    return np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3])
+    affine, shape = read_nifti_geometry(path, ndim=ndim)
+    return affine, shape[:3]
 
 
 def source_extent(box, space: str, affine: np.ndarray) -> np.ndarray:

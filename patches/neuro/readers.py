@@ -45,6 +45,7 @@ from internvl.media.base import BoxesUnsupportedError, MediaError, MediaReader, 
 from patches.neuro.augment import AugmentConfig, VolumeAugmenter
 from patches.neuro.cache import VolumeCache, prepared_volume
 from patches.neuro.preprocess import PreprocessConfig, VolumePreprocessor
+from patches.neuro.volume_io import read_nifti_geometry
 
 VOLUME_KIND_ALIASES: tuple[str, ...] = ()
 FMRI_KIND_ALIASES: tuple[str, ...] = ()
@@ -192,9 +193,9 @@ class VolumeReader(MediaReader):
         preprocessor's own geometry (``VolumePreprocessor.voxel_to_output``), the channels its
         ``out_channels`` (+ the foreground mask), fMRI frames ``num_frames`` (or all). A reference a header cannot
         settle is loaded instead, so it sizes exactly and fails with the reader's own error: DICOM series (their
-        geometry needs the whole series), anything the reader refuses from a header (wrong dimensionality, a
-        spatial axis under 2 voxels, no orientation codes, a degenerate affine, channels the encoder does not
-        read), too few frames, a study whose series cannot share one grid. Voxel-level problems (NaN, a blank
+        geometry needs the whole series), channels the encoder does not read, too few frames, a study whose series
+        cannot share one grid. What the header alone refuses (``read_nifti_geometry``: wrong dimensionality, a
+        spatial axis under 2 voxels, no orientation codes, a degenerate affine) raises the reader's own error. Voxel-level problems (NaN, a blank
         image, truncated data) surface when the sample is built, as for images."""
         return [self._shapes(ref) for ref in refs]
 
@@ -213,27 +214,14 @@ class VolumeReader(MediaReader):
         return [torch.Size([len(shapes), *(max(dims) for dims in zip(*shapes))])]
 
     def _header_shapes(self, path: str, uid: str | None, cfg: PreprocessConfig) -> list[torch.Size] | None:
-        """Shapes of the items one NIfTI file gives, or ``None`` when only a full read can tell."""
-        import nibabel as nib
-
-        if uid is not None or os.path.isdir(path) or not os.path.isfile(path) or path.lower().endswith(".dcm"):
+        """Shapes of the items one NIfTI file gives (header refusals raised as ``read_volume`` raises them), or
+        ``None`` when only a full read can tell."""
+        if uid is not None or os.path.isdir(path):
             return None
         pre = VolumePreprocessor(cfg)
         if pre.out_channels != self.in_channels:
-            return None
-        try:
-            img = nib.load(path)
-            codes = [int(img.header[k]) for k in ("sform_code", "qform_code") if k in img.header]
-        except Exception:  # not swallowed: the full read below reports it as the reader's named error
-            return None
-        dims = [int(n) for n in img.shape]
-        while len(dims) > 3 and dims[-1] == 1:  # as the reader squeezes trailing singleton axes
-            dims.pop()
-        affine = np.asarray(img.affine, dtype=np.float64)
-        lin = affine[:3, :3]
-        if (len(dims) != self.ndim or min(dims[:3]) < 2 or (codes and not any(codes))
-                or not np.all(np.isfinite(affine)) or abs(np.linalg.det(lin)) < 1e-9):
-            return None  # what the reader refuses from the header alone (dimensions, orientation, affine)
+            return None  # the full read names the mismatch
+        affine, dims = read_nifti_geometry(path, ndim=self.ndim)
         _, grid = pre.voxel_to_output(affine, dims[:3])
         frames: list[int] = []
         if self.ndim == 4:

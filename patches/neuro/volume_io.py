@@ -14,6 +14,8 @@ Public API (the Brainfound plugin reuses it; keep it stable):
     ``spacing``: voxel size in mm along ``i, j, k`` (for DICOM the slice spacing comes from the positions, not
     from SliceThickness). ``meta``: ``{"path", "format" ("nifti"|"dicom"), "modality" ("CT"|"MR"|None),
     "series_uid", "time_step" (4D), "axcodes", "files"}``.
+* ``read_nifti_geometry(path, *, ndim=3) -> (affine, shape)``: a NIfTI file's geometry from its header, with the
+    refusals ``read_volume`` can make from the header alone (what sizing for packing and box placement use).
 * ``source_digest(path, series_uid=None) -> str``: content hash of the file (or of every file of the series),
     memoised per process by (path, size, mtime); what the preprocessed-volume cache is keyed by.
 * Errors: ``VolumeError`` (a ``MediaError``) and its subclasses ``CorruptVolumeError``, ``UnsupportedDimError``,
@@ -112,13 +114,15 @@ def read_volume(path: str | os.PathLike, *, ndim: int | Iterable[int] = 3, serie
         if series_uid is not None:
             raise VolumeError(f"{path}: series_uid given but this is not a DICOM folder")
         vol = _read_nifti(path)
-    _check_dims(path, vol.array, dims)
+    _check_dims(path, vol.array.shape, dims)
     _check_finite(path, vol.array)
     _check_affine(path, vol.affine)
     return vol
 
 
-def _read_nifti(path: str) -> Volume:
+def _open_nifti(path: str):
+    """The nibabel image of a NIfTI file, header checked (single DICOM slice, unreadable, no orientation codes);
+    no voxel data decoded."""
     if _is_dicom_file(path):
         raise UnsupportedDimError(f"{path}: a single DICOM file is one 2D slice; pass the folder holding the "
                                   f"whole series")
@@ -126,11 +130,34 @@ def _read_nifti(path: str) -> Volume:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises ImageFileError/OSError/EOFError/...: all mean "unreadable"
         raise CorruptVolumeError(f"{path}: cannot open as NIfTI/neuro-image ({type(exc).__name__}: {exc})") from exc
-    header = img.header
-    codes = [int(header[k]) for k in ("sform_code", "qform_code") if k in header]
+    codes = [int(img.header[k]) for k in ("sform_code", "qform_code") if k in img.header]
     if codes and not any(codes):
         raise VolumeError(f"{path}: sform_code and qform_code are both 0, so the orientation is unknown "
                           f"(nibabel would assume LAS); fix the header (e.g. fslorient) before using it")
+    return img
+
+
+def read_nifti_geometry(path: str | os.PathLike, *, ndim: int | Iterable[int] = 3) -> tuple[np.ndarray, tuple]:
+    """(4x4 voxel -> world affine, shape with trailing singleton axes dropped) of a NIfTI file from its header
+    alone, refused as ``read_volume`` refuses them (missing file, single DICOM slice, unreadable header, no
+    orientation codes, degenerate affine, 2D/5D or an unexpected dimensionality). No voxel data is decoded, so what
+    only the data shows (NaN, truncation) is left to ``read_volume``."""
+    path = os.fspath(path)
+    dims = _expected(ndim)
+    if not os.path.isfile(path):
+        raise VolumeError(f"{path}: file not found" if not os.path.exists(path) else
+                          f"{path}: a folder (a DICOM series: its geometry needs read_volume)")
+    img = _open_nifti(path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    _check_affine(path, affine)
+    shape = _squeezed_shape(img.shape)
+    _check_dims(path, shape, dims)
+    return affine, shape
+
+
+def _read_nifti(path: str) -> Volume:
+    img = _open_nifti(path)
+    header = img.header
     try:
         # np.asarray(dataobj) applies scl_slope/scl_inter once and forces the whole (gzip) payload to decode now
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -159,26 +186,33 @@ def _is_dicom_file(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _squeezed_shape(shape) -> tuple[int, ...]:
+    """``shape`` without trailing singleton axes beyond the third (NIfTI often stores 3D as X*Y*Z*1)."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def _squeeze_trailing(data: np.ndarray) -> np.ndarray:
-    """Drop trailing singleton axes beyond the third (NIfTI often stores 3D as X*Y*Z*1); spatial axes stay."""
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    return data
+    """Drop trailing singleton axes beyond the third; spatial axes stay."""
+    return data.reshape(_squeezed_shape(data.shape))
 
 
-def _check_dims(path: str, arr: np.ndarray, dims: tuple[int, ...]) -> None:
+def _check_dims(path: str, shape: tuple[int, ...], dims: tuple[int, ...]) -> None:
     want = " or ".join(f"{d}D" for d in dims)
-    if arr.ndim < 3 or (arr.ndim >= 3 and min(arr.shape[:3]) < 2):
-        raise UnsupportedDimError(f"{path}: shape {tuple(arr.shape)} is 2D (a spatial axis has < 2 voxels); "
+    shape, ndim = tuple(shape), len(shape)
+    if ndim < 3 or min(shape[:3]) < 2:
+        raise UnsupportedDimError(f"{path}: shape {shape} is 2D (a spatial axis has < 2 voxels); "
                                   f"expected a {want} volume")
-    if arr.ndim > 4:
-        raise UnsupportedDimError(f"{path}: shape {tuple(arr.shape)} is {arr.ndim}D; expected {want}")
-    if arr.ndim not in dims:
-        hint = (" (a 4D time series; use the 'fmri' media kind, or select one volume)" if arr.ndim == 4 else
+    if ndim > 4:
+        raise UnsupportedDimError(f"{path}: shape {shape} is {ndim}D; expected {want}")
+    if ndim not in dims:
+        hint = (" (a 4D time series; use the 'fmri' media kind, or select one volume)" if ndim == 4 else
                 " (a 3D volume where a 4D time series is expected)")
-        raise UnsupportedDimError(f"{path}: shape {tuple(arr.shape)} is {arr.ndim}D{hint}; expected {want}")
-    if arr.ndim == 4 and arr.shape[3] < 2:
-        raise UnsupportedDimError(f"{path}: 4D with {arr.shape[3]} time point(s); expected a time series")
+        raise UnsupportedDimError(f"{path}: shape {shape} is {ndim}D{hint}; expected {want}")
+    if ndim == 4 and shape[3] < 2:
+        raise UnsupportedDimError(f"{path}: 4D with {shape[3]} time point(s); expected a time series")
 
 
 def _check_finite(path: str, arr: np.ndarray) -> None:

@@ -186,7 +186,7 @@ def test_item_shapes_from_headers_equal_the_loaded_shapes(vols, tmp_path, nib_da
             assert reader.item_shapes_many([ref]) == loaded, ref
     with pytest.raises(MediaError, match="anatomical.nii.*3D volume where a 4D"):
         FmriReader(fmri, {}).item_shapes_many([str(nib_data / "anatomical.nii")])
-    # what the reader refuses from a header is refused by sizing too (the full read names it), not planned
+    # what the reader refuses from a header is refused by sizing too, with the same named error, not planned
     import nibabel as nib
 
     flat = save_nifti(phantom((30, 34, 1), seed=5), str(tmp_path / "flat.nii.gz"))
